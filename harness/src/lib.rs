@@ -1,0 +1,9 @@
+//! kvmcap: negotiate KVM capabilities from data, boot a guest, and show exactly what it sees.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod bare;
+pub mod kvm;
+pub mod vmm;

@@ -1,0 +1,172 @@
+//! Per-vCPU CPUID: KVM's supported table with the vCPU's APIC ID and the feature's bits.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+use serde::{Deserialize, Serialize};
+
+/// A CPUID register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reg {
+    /// EAX.
+    Eax,
+    /// EBX.
+    Ebx,
+    /// ECX.
+    Ecx,
+    /// EDX.
+    Edx,
+}
+
+/// One CPUID bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuidBit {
+    /// The leaf (EAX input).
+    pub leaf: u32,
+    /// The subleaf (ECX input).
+    #[serde(default)]
+    pub subleaf: u32,
+    /// The output register.
+    pub register: Reg,
+    /// The bit, 0..=31.
+    pub bit: u8,
+}
+
+/// The CPU vendor as CPUID leaf 0 names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuVendor {
+    /// GenuineIntel.
+    Intel,
+    /// AuthenticAMD (or HygonGenuine).
+    Amd,
+    /// Anything else.
+    Other,
+}
+
+/// The vendor of a CPUID table.
+pub fn vendor(cpuid: &CpuId) -> CpuVendor {
+    let Some(e) = cpuid.as_slice().iter().find(|e| e.function == 0) else {
+        return CpuVendor::Other;
+    };
+    let mut s = Vec::with_capacity(12);
+    for r in [e.ebx, e.edx, e.ecx] {
+        s.extend_from_slice(&r.to_le_bytes());
+    }
+    match &s[..] {
+        b"GenuineIntel" => CpuVendor::Intel,
+        b"AuthenticAMD" | b"HygonGenuine" => CpuVendor::Amd,
+        _ => CpuVendor::Other,
+    }
+}
+
+fn reg_mut(e: &mut kvm_cpuid_entry2, r: Reg) -> &mut u32 {
+    match r {
+        Reg::Eax => &mut e.eax,
+        Reg::Ebx => &mut e.ebx,
+        Reg::Ecx => &mut e.ecx,
+        Reg::Edx => &mut e.edx,
+    }
+}
+
+/// Sets or clears `bit` in `entries`, adding the leaf if KVM's table lacks it.
+pub fn set_bit(entries: &mut Vec<kvm_cpuid_entry2>, b: CpuidBit, on: bool) {
+    let pos = entries.iter().position(|e| {
+        e.function == b.leaf
+            && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == b.subleaf)
+    });
+    let idx = match pos {
+        Some(i) => i,
+        None if on => {
+            entries.push(kvm_cpuid_entry2 {
+                function: b.leaf,
+                index: b.subleaf,
+                flags: if b.subleaf != 0 || b.leaf == 7 {
+                    KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+                } else {
+                    0
+                },
+                ..Default::default()
+            });
+            entries.len() - 1
+        }
+        None => return,
+    };
+    let r = reg_mut(&mut entries[idx], b.register);
+    let mask = 1u32 << (b.bit & 31);
+    if on {
+        *r |= mask;
+    } else {
+        *r &= !mask;
+    }
+}
+
+/// KVM's supported CPUID adjusted for vCPU `id` of `count`: APIC IDs in leaves 1, 0xB, 0x1F
+/// and 0x8000001E, the logical processor count in leaf 1, and the feature bits `on`/`off`.
+pub fn for_vcpu(
+    supported: &CpuId,
+    id: u8,
+    count: u8,
+    on: &[CpuidBit],
+    off: &[CpuidBit],
+) -> Result<CpuId, String> {
+    let mut entries: Vec<kvm_cpuid_entry2> = supported.as_slice().to_vec();
+    for e in entries.iter_mut() {
+        match e.function {
+            1 => {
+                e.ebx =
+                    (e.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count.max(1)) << 16);
+                e.edx |= 1 << 28; // HTT: the count in EBX[23:16] is valid
+            }
+            0xb | 0x1f => e.edx = u32::from(id),
+            0x8000_001e => e.eax = u32::from(id),
+            _ => {}
+        }
+    }
+    for b in off {
+        set_bit(&mut entries, *b, false);
+    }
+    for b in on {
+        set_bit(&mut entries, *b, true);
+    }
+    CpuId::from_entries(&entries).map_err(|e| format!("CPUID table: {e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_are_set_added_and_cleared() {
+        let mut v = vec![kvm_cpuid_entry2 {
+            function: 0x8000_0008,
+            ..Default::default()
+        }];
+        let amd = CpuidBit {
+            leaf: 0x8000_0008,
+            subleaf: 0,
+            register: Reg::Ebx,
+            bit: 23,
+        };
+        set_bit(&mut v, amd, true);
+        assert_eq!(v[0].ebx, 1 << 23);
+        set_bit(&mut v, amd, false);
+        assert_eq!(v[0].ebx, 0);
+        let intel = CpuidBit {
+            leaf: 7,
+            subleaf: 1,
+            register: Reg::Ebx,
+            bit: 0,
+        };
+        set_bit(&mut v, intel, true);
+        assert_eq!((v[1].function, v[1].index, v[1].ebx), (7, 1, 1));
+        assert_ne!(v[1].flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
+        let absent = CpuidBit {
+            leaf: 0x4000_0000,
+            subleaf: 0,
+            register: Reg::Eax,
+            bit: 1,
+        };
+        set_bit(&mut v, absent, false);
+        assert_eq!(v.len(), 2);
+    }
+}

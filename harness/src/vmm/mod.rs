@@ -1,0 +1,4 @@
+//! The VMM: VM construction, vCPU threads and exit dispatch, on top of the KVM layer.
+
+pub mod cpuid;
+pub mod vcpu;

@@ -1,0 +1,271 @@
+//! vCPU threads: one per vCPU, each looping on `KVM_RUN` and dispatching exits (the shape of
+//! QEMU's `kvm_cpu_exec`), with a deadline enforced by kicks so no run can hang.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::Serialize;
+use vmm_sys_util::signal::Killable;
+
+use crate::kvm::kick;
+use msr_probe::{Fault, MsrIndex};
+
+/// How one vCPU's run ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "end", rename_all = "kebab-case")]
+pub enum VcpuEnd {
+    /// The bare guest reported done after `ops` operations.
+    Done {
+        /// Operations completed.
+        ops: u32,
+    },
+    /// The bare guest took an exception it has no handler for.
+    UnexpectedException {
+        /// The vector.
+        vector: u32,
+    },
+    /// `HLT` exited to userspace (no in-kernel irqchip).
+    Hlt,
+    /// `KVM_EXIT_SHUTDOWN`: the guest triple-faulted.
+    Shutdown,
+    /// `KVM_EXIT_FAIL_ENTRY`: hardware refused the guest state.
+    FailEntry {
+        /// The hardware's reason.
+        reason: u64,
+    },
+    /// `KVM_EXIT_INTERNAL_ERROR` (e.g. an emulation failure).
+    InternalError,
+    /// `KVM_EXIT_SYSTEM_EVENT`: reset, shutdown or crash requested by the guest.
+    SystemEvent {
+        /// `KVM_SYSTEM_EVENT_*`.
+        kind: u32,
+    },
+    /// The guest asked to reset the machine (e.g. keyboard controller reset).
+    Reset,
+    /// The deadline passed and the vCPU was kicked out of `KVM_RUN`.
+    Timeout,
+    /// Another vCPU ended the VM.
+    Stopped,
+    /// `KVM_RUN` failed.
+    RunError {
+        /// The errno text.
+        error: String,
+    },
+    /// An exit kvmcap does not handle.
+    Unhandled {
+        /// What it was.
+        exit: String,
+    },
+}
+
+/// What the run loop does after an exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Re-enter the guest.
+    Continue,
+    /// This vCPU is finished; others go on.
+    End(VcpuEnd),
+    /// The whole VM is finished: stop every vCPU.
+    EndVm(VcpuEnd),
+}
+
+/// Serves one vCPU's exits. Implementations must treat everything the guest passes as
+/// untrusted: ports, sizes and data are guest-chosen.
+pub trait ExitHandler: Send {
+    /// `OUT` to `port`.
+    fn io_out(&mut self, port: u16, data: &[u8]) -> Flow;
+    /// `IN` from `port`; fill `data`.
+    fn io_in(&mut self, port: u16, data: &mut [u8]) -> Flow;
+    /// A read of unbacked guest-physical memory.
+    fn mmio_read(&mut self, _addr: u64, data: &mut [u8]) -> Flow {
+        data.fill(0xff);
+        Flow::Continue
+    }
+    /// A write to unbacked guest-physical memory.
+    fn mmio_write(&mut self, _addr: u64, _data: &[u8]) -> Flow {
+        Flow::Continue
+    }
+    /// `RDMSR` that KVM sent to userspace (MSR filter or unknown MSR).
+    fn rdmsr(&mut self, index: MsrIndex) -> Result<u64, Fault>;
+    /// `WRMSR` that KVM sent to userspace.
+    fn wrmsr(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault>;
+}
+
+/// Runs until the guest or a handler ends it, or `stop` is set (kick).
+fn run_loop(
+    vcpu: &mut VcpuFd,
+    handler: &mut dyn ExitHandler,
+    stop: &AtomicBool,
+    vm_done: &AtomicBool,
+) -> Flow {
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Flow::End(if vm_done.load(Ordering::Acquire) {
+                VcpuEnd::Stopped
+            } else {
+                VcpuEnd::Timeout
+            });
+        }
+        let flow = match vcpu.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoOut(port, data) => handler.io_out(port, data),
+                VcpuExit::IoIn(port, data) => handler.io_in(port, data),
+                VcpuExit::MmioRead(addr, data) => handler.mmio_read(addr, data),
+                VcpuExit::MmioWrite(addr, data) => handler.mmio_write(addr, data),
+                VcpuExit::Hlt => Flow::End(VcpuEnd::Hlt),
+                VcpuExit::Shutdown => Flow::EndVm(VcpuEnd::Shutdown),
+                VcpuExit::FailEntry(reason, _) => Flow::EndVm(VcpuEnd::FailEntry { reason }),
+                VcpuExit::InternalError => Flow::EndVm(VcpuEnd::InternalError),
+                VcpuExit::SystemEvent(kind, _) => Flow::EndVm(VcpuEnd::SystemEvent { kind }),
+                VcpuExit::X86Rdmsr(exit) => {
+                    match handler.rdmsr(MsrIndex::new(exit.index)) {
+                        Ok(v) => *exit.data = v,
+                        Err(Fault::Gp) => *exit.error = 1,
+                    }
+                    Flow::Continue
+                }
+                VcpuExit::X86Wrmsr(exit) => {
+                    if handler.wrmsr(MsrIndex::new(exit.index), exit.data).is_err() {
+                        *exit.error = 1;
+                    }
+                    Flow::Continue
+                }
+                VcpuExit::Intr => Flow::Continue,
+                other => Flow::EndVm(VcpuEnd::Unhandled {
+                    exit: format!("{other:?}"),
+                }),
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                if !stop.load(Ordering::Acquire) {
+                    // A stray signal: clear the kick and go back in.
+                    vcpu.set_kvm_immediate_exit(0);
+                }
+                Flow::Continue
+            }
+            Err(e) => Flow::EndVm(VcpuEnd::RunError {
+                error: e.to_string(),
+            }),
+        };
+        if !matches!(flow, Flow::Continue) {
+            return flow;
+        }
+    }
+}
+
+/// The result of running a set of vCPUs.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    /// Per vCPU, in id order.
+    pub ends: Vec<VcpuEnd>,
+    /// Wall time from the first thread start to the last end.
+    pub elapsed: Duration,
+}
+
+/// Runs every vCPU on its own thread until each ends or `deadline` passes, then kicks the
+/// rest. Returns each vCPU's end with the handler it ran with (so callers can read state the
+/// handler gathered, such as console output).
+pub fn run_vcpus<H: ExitHandler + 'static>(
+    vcpus: Vec<(VcpuFd, H)>,
+    deadline: Duration,
+) -> (RunSummary, Vec<H>) {
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let vm_done = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(usize, VcpuEnd)>();
+    let kick_ok = kick::install().is_ok();
+    let mut handles: Vec<Option<JoinHandle<(VcpuFd, H)>>> = Vec::new();
+    let count = vcpus.len();
+    for (id, (mut vcpu, mut handler)) in vcpus.into_iter().enumerate() {
+        let (stop, vm_done, thread_tx) = (stop.clone(), vm_done.clone(), tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                kick::arm(&mut vcpu);
+                let flow = run_loop(&mut vcpu, &mut handler, &stop, &vm_done);
+                kick::disarm();
+                let end = match flow {
+                    Flow::End(e) => e,
+                    Flow::EndVm(e) => {
+                        vm_done.store(true, Ordering::Release);
+                        stop.store(true, Ordering::Release);
+                        e
+                    }
+                    Flow::Continue => VcpuEnd::Stopped,
+                };
+                let _ = thread_tx.send((id, end));
+                (vcpu, handler)
+            });
+        match spawned {
+            Ok(h) => handles.push(Some(h)),
+            Err(e) => {
+                let _ = tx.send((
+                    id,
+                    VcpuEnd::RunError {
+                        error: format!("cannot start vCPU thread: {e}"),
+                    },
+                ));
+                handles.push(None);
+            }
+        }
+    }
+    drop(tx);
+    let mut ends: Vec<Option<VcpuEnd>> = vec![None; count];
+    let mut received = 0;
+    let deadline_at = start + deadline;
+    while received < count {
+        let now = Instant::now();
+        let timed_out = now >= deadline_at;
+        let wait = if timed_out || stop.load(Ordering::Acquire) {
+            // Deadline passed or the VM ended: kick everyone still running, again and again
+            // until they leave KVM_RUN.
+            stop.store(true, Ordering::Release);
+            if kick_ok {
+                for (id, h) in handles.iter().enumerate() {
+                    if let (None, Some(h)) = (&ends[id], h) {
+                        let _ = h.kill(kick::kick_signal());
+                    }
+                }
+            }
+            Duration::from_millis(10)
+        } else {
+            deadline_at - now
+        };
+        match rx.recv_timeout(wait) {
+            Ok((id, end)) => {
+                if id < count && ends[id].is_none() {
+                    ends[id] = Some(end);
+                    received += 1;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() > deadline_at + Duration::from_secs(5) {
+                    break; // a thread that ignores kicks: report it, do not hang
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let elapsed = start.elapsed();
+    let mut handlers = Vec::with_capacity(count);
+    let mut stuck = false;
+    for (id, h) in handles.into_iter().enumerate() {
+        if ends[id].is_some() {
+            if let Some(Ok((_vcpu, handler))) = h.map(JoinHandle::join) {
+                handlers.push(handler);
+            }
+        } else {
+            stuck = true;
+        }
+    }
+    let ends = ends
+        .into_iter()
+        .map(|e| e.unwrap_or(VcpuEnd::Timeout))
+        .collect();
+    if stuck {
+        handlers.clear();
+    }
+    (RunSummary { ends, elapsed }, handlers)
+}

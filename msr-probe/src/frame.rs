@@ -1,0 +1,492 @@
+//! Framing: how a guest's report crosses a noisy console intact, or is rejected with a reason.
+//!
+//! The guest prints its report between kernel messages, so every line of it is marked and
+//! checksummed. A frame is a sequence of lines, each
+//!
+//! ```text
+//! @kvmcap:<kind>:<seq>:<crc>:<payload>
+//! ```
+//!
+//! - `kind` is `B` (begin; payload = stream name), `D` (data) or `E` (end; payload = the number
+//!   of data lines);
+//! - `seq` is decimal, 0 for `B` and counting up by one per line, so `E` has `count + 1`;
+//! - `crc` is the CRC-32 (IEEE) of `<kind>:<seq>:<payload>`, as 8 lowercase hex digits;
+//! - `payload` is printable text without CR or LF, at most [`MAX_PAYLOAD`] bytes.
+//!
+//! The marker may follow other text on a console line (a kernel message that did not end its
+//! line), but nothing may follow the payload: a line that a kernel message broke fails its
+//! checksum and the frame is rejected, never silently accepted. Lines without the marker are
+//! ignored. A document is the concatenation of the data payloads.
+
+use std::fmt;
+
+/// The marker that starts every frame line.
+pub const MARKER: &str = "@kvmcap:";
+/// The longest payload a line may carry.
+pub const MAX_PAYLOAD: usize = 240;
+/// The most data lines a frame may have (bounds the decoder's memory: about 2 MiB).
+pub const MAX_LINES: usize = 8192;
+
+/// Why a frame was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// no `@kvmcap:B` begin line was found in the output
+    #[error("no report frame found (no `@kvmcap:B` begin line in the output)")]
+    NoFrame,
+    /// the frame was cut off: it has a begin line but no end line
+    #[error("frame `{stream}` is truncated: {received} data lines and no end line")]
+    Truncated {
+        /// The stream's name.
+        stream: String,
+        /// How many data lines arrived.
+        received: usize,
+    },
+    /// a line arrived out of sequence
+    #[error("frame `{stream}`: line out of order: expected sequence {expected}, got {got}")]
+    Reordered {
+        /// The stream's name.
+        stream: String,
+        /// The sequence number expected.
+        expected: u64,
+        /// The one that came.
+        got: u64,
+    },
+    /// a line is damaged
+    #[error("frame line {seq}: corrupted: {reason}")]
+    Corrupted {
+        /// The line's sequence number as written (or `?`).
+        seq: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// the end line's count disagrees with the data lines received
+    #[error("frame `{stream}`: end line says {claimed} data lines but {received} arrived")]
+    CountMismatch {
+        /// The stream's name.
+        stream: String,
+        /// What the end line says.
+        claimed: u64,
+        /// What arrived.
+        received: usize,
+    },
+    /// a frame exceeds the decoder's bounds
+    #[error("frame `{stream}` exceeds {limit}")]
+    TooLarge {
+        /// The stream's name.
+        stream: String,
+        /// Which limit.
+        limit: String,
+    },
+    /// a payload cannot be framed
+    #[error("cannot frame payload: {0}")]
+    Unframeable(String),
+}
+
+/// The kind of a frame line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Begin,
+    Data,
+    End,
+}
+
+impl Kind {
+    fn letter(self) -> char {
+        match self {
+            Kind::Begin => 'B',
+            Kind::Data => 'D',
+            Kind::End => 'E',
+        }
+    }
+}
+
+fn crc(kind: Kind, seq: u64, payload: &str) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(format!("{}:{}:", kind.letter(), seq).as_bytes());
+    h.update(payload.as_bytes());
+    h.finalize()
+}
+
+fn line(kind: Kind, seq: u64, payload: &str) -> String {
+    format!(
+        "{MARKER}{}:{seq}:{:08x}:{payload}",
+        kind.letter(),
+        crc(kind, seq, payload)
+    )
+}
+
+fn check_payload(p: &str) -> Result<(), FrameError> {
+    if p.len() > MAX_PAYLOAD {
+        return Err(FrameError::Unframeable(format!(
+            "payload of {} bytes exceeds {MAX_PAYLOAD}",
+            p.len()
+        )));
+    }
+    if p.chars().any(|c| c.is_control()) {
+        return Err(FrameError::Unframeable(
+            "payload contains a control character".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Frames `payloads` (each one line) as stream `stream`: begin, data lines, end.
+pub fn encode_lines<S: AsRef<str>>(
+    stream: &str,
+    payloads: &[S],
+) -> Result<Vec<String>, FrameError> {
+    check_payload(stream)?;
+    if payloads.len() > MAX_LINES {
+        return Err(FrameError::Unframeable(format!(
+            "more than {MAX_LINES} lines"
+        )));
+    }
+    let mut out = Vec::with_capacity(payloads.len() + 2);
+    out.push(line(Kind::Begin, 0, stream));
+    for (i, p) in payloads.iter().enumerate() {
+        check_payload(p.as_ref())?;
+        out.push(line(Kind::Data, i as u64 + 1, p.as_ref()));
+    }
+    let n = payloads.len() as u64;
+    out.push(line(Kind::End, n + 1, &n.to_string()));
+    Ok(out)
+}
+
+/// Frames a whole document (e.g. compact JSON without raw newlines), cut into payload-sized
+/// chunks at character boundaries.
+pub fn encode_document(stream: &str, document: &str) -> Result<Vec<String>, FrameError> {
+    let mut chunks = Vec::new();
+    let mut rest = document;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(MAX_PAYLOAD);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = rest.split_at(cut);
+        chunks.push(head);
+        rest = tail;
+    }
+    encode_lines(stream, &chunks)
+}
+
+/// A complete, verified frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The stream's name (the begin line's payload).
+    pub stream: String,
+    /// The data payloads, in order.
+    pub payloads: Vec<String>,
+}
+
+impl Frame {
+    /// The document the payloads carry.
+    pub fn document(&self) -> String {
+        self.payloads.concat()
+    }
+}
+
+/// What one line of console output did to the decoder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Not a frame line (kernel noise); ignored.
+    Ignored,
+    /// A frame line was accepted; the frame is not complete yet.
+    Accepted,
+    /// The frame is complete.
+    Complete(Frame),
+}
+
+/// An incremental decoder: feed it console lines as they arrive.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    current: Option<Frame>,
+}
+
+struct Parsed<'a> {
+    kind: Kind,
+    seq: u64,
+    payload: &'a str,
+}
+
+fn parse_line(text: &str) -> Option<Result<Parsed<'_>, FrameError>> {
+    let at = text.find(MARKER)?;
+    let rest = text[at + MARKER.len()..].trim_end_matches(['\r', '\n']);
+    let corrupt = |seq: &str, reason: &str| {
+        Some(Err(FrameError::Corrupted {
+            seq: seq.to_owned(),
+            reason: reason.to_owned(),
+        }))
+    };
+    let mut parts = rest.splitn(4, ':');
+    let (Some(k), Some(seq_s), Some(crc_s), Some(payload)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return corrupt("?", "fewer than four `:`-separated parts");
+    };
+    let kind = match k {
+        "B" => Kind::Begin,
+        "D" => Kind::Data,
+        "E" => Kind::End,
+        _ => return corrupt("?", "unknown line kind"),
+    };
+    let Ok(seq) = seq_s.parse::<u64>() else {
+        return corrupt(seq_s, "sequence is not a number");
+    };
+    if crc_s.len() != 8 {
+        return corrupt(seq_s, "checksum is not 8 hex digits");
+    }
+    let Ok(want) = u32::from_str_radix(crc_s, 16) else {
+        return corrupt(seq_s, "checksum is not 8 hex digits");
+    };
+    if payload.len() > MAX_PAYLOAD {
+        return corrupt(seq_s, "payload too long");
+    }
+    if crc(kind, seq, payload) != want {
+        return corrupt(seq_s, "checksum mismatch");
+    }
+    Some(Ok(Parsed { kind, seq, payload }))
+}
+
+impl Decoder {
+    /// A decoder waiting for a begin line.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a frame has begun and not yet ended.
+    pub fn in_frame(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Feeds one console line.
+    pub fn feed(&mut self, text: &str) -> Result<Progress, FrameError> {
+        let parsed = match parse_line(text) {
+            None => return Ok(Progress::Ignored),
+            Some(p) => p?,
+        };
+        match (parsed.kind, self.current.as_mut()) {
+            (Kind::Begin, None) => {
+                if parsed.seq != 0 {
+                    return Err(FrameError::Reordered {
+                        stream: parsed.payload.to_owned(),
+                        expected: 0,
+                        got: parsed.seq,
+                    });
+                }
+                self.current = Some(Frame {
+                    stream: parsed.payload.to_owned(),
+                    payloads: Vec::new(),
+                });
+                Ok(Progress::Accepted)
+            }
+            (Kind::Begin, Some(f)) => Err(FrameError::Truncated {
+                stream: f.stream.clone(),
+                received: f.payloads.len(),
+            }),
+            (_, None) => Err(FrameError::Reordered {
+                stream: "?".into(),
+                expected: 0,
+                got: parsed.seq,
+            }),
+            (kind, Some(f)) => {
+                let expected = f.payloads.len() as u64 + 1;
+                if parsed.seq != expected {
+                    return Err(FrameError::Reordered {
+                        stream: f.stream.clone(),
+                        expected,
+                        got: parsed.seq,
+                    });
+                }
+                if kind == Kind::Data {
+                    if f.payloads.len() >= MAX_LINES {
+                        return Err(FrameError::TooLarge {
+                            stream: f.stream.clone(),
+                            limit: format!("{MAX_LINES} lines"),
+                        });
+                    }
+                    f.payloads.push(parsed.payload.to_owned());
+                    return Ok(Progress::Accepted);
+                }
+                let claimed: u64 = parsed.payload.parse().map_err(|_| FrameError::Corrupted {
+                    seq: parsed.seq.to_string(),
+                    reason: "end line's count is not a number".into(),
+                })?;
+                if claimed != f.payloads.len() as u64 {
+                    return Err(FrameError::CountMismatch {
+                        stream: f.stream.clone(),
+                        claimed,
+                        received: f.payloads.len(),
+                    });
+                }
+                let done = self.current.take().ok_or(FrameError::NoFrame)?;
+                Ok(Progress::Complete(done))
+            }
+        }
+    }
+
+    /// Says the output has ended: an open frame is truncated.
+    pub fn finish(self) -> Result<(), FrameError> {
+        match self.current {
+            Some(f) => Err(FrameError::Truncated {
+                stream: f.stream,
+                received: f.payloads.len(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Decodes the first complete frame in `output`, skipping everything that is not a frame line.
+pub fn decode_first(output: &str) -> Result<Frame, FrameError> {
+    let mut d = Decoder::new();
+    for l in output.lines() {
+        if let Progress::Complete(f) = d.feed(l)? {
+            return Ok(f);
+        }
+    }
+    d.finish()?;
+    Err(FrameError::NoFrame)
+}
+
+impl fmt::Display for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "frame `{}` ({} lines)", self.stream, self.payloads.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> String {
+        let mut s = String::from("{\"readings\":[");
+        for i in 0..50 {
+            s.push_str(&format!(
+                "{{\"cpu\":{},\"index\":{},\"v\":\"é\"}},",
+                i % 2,
+                i
+            ));
+        }
+        s.push_str("]}");
+        s
+    }
+
+    #[test]
+    fn round_trip_through_kernel_noise() {
+        let d = doc();
+        let lines = encode_document("probe", &d).unwrap();
+        assert!(lines.len() > 3);
+        let mut out = String::from("[    0.1] Linux version 6.12\nnoise\n");
+        for (i, l) in lines.iter().enumerate() {
+            if i == 2 {
+                out.push_str("[    0.5] random: crng init done\n");
+                // A kernel message that did not end its line, before our marker.
+                out.push_str("[    0.6] partial message ");
+            }
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+        out.push_str("reboot: Restarting system\n");
+        let f = decode_first(&out).unwrap();
+        assert_eq!(f.stream, "probe");
+        assert_eq!(f.document(), d);
+    }
+
+    #[test]
+    fn empty_document_round_trips() {
+        let lines = encode_document("x", "").unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(decode_first(&lines.join("\n")).unwrap().payloads.len(), 0);
+    }
+
+    #[test]
+    fn truncated_frame_is_rejected() {
+        let lines = encode_document("probe", &doc()).unwrap();
+        let cut = lines[..lines.len() - 1].join("\n");
+        assert!(matches!(
+            decode_first(&cut),
+            Err(FrameError::Truncated { received, .. }) if received == lines.len() - 2
+        ));
+        assert_eq!(decode_first("just a kernel\n"), Err(FrameError::NoFrame));
+    }
+
+    #[test]
+    fn reordered_and_dropped_lines_are_rejected() {
+        let mut lines = encode_document("probe", &doc()).unwrap();
+        lines.swap(2, 3);
+        assert!(matches!(
+            decode_first(&lines.join("\n")),
+            Err(FrameError::Reordered {
+                expected: 2,
+                got: 3,
+                ..
+            })
+        ));
+        let mut lines = encode_document("probe", &doc()).unwrap();
+        lines.remove(2);
+        assert!(matches!(
+            decode_first(&lines.join("\n")),
+            Err(FrameError::Reordered {
+                expected: 2,
+                got: 3,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn corrupted_lines_are_rejected() {
+        let lines = encode_document("probe", &doc()).unwrap();
+        let mut bad = lines.clone();
+        bad[1] = bad[1].replacen("cpu", "cpV", 1);
+        assert!(matches!(
+            decode_first(&bad.join("\n")),
+            Err(FrameError::Corrupted { ref reason, .. }) if reason == "checksum mismatch"
+        ));
+        // A kernel message appended to our line breaks it.
+        let mut bad = lines.clone();
+        bad[1].push_str("[ 1.0] oops");
+        assert!(matches!(
+            decode_first(&bad.join("\n")),
+            Err(FrameError::Corrupted { .. })
+        ));
+        let mut bad = lines.clone();
+        bad[1] = "@kvmcap:D:1:zz".into();
+        assert!(matches!(
+            decode_first(&bad.join("\n")),
+            Err(FrameError::Corrupted { .. })
+        ));
+    }
+
+    #[test]
+    fn forged_end_count_and_second_begin_are_rejected() {
+        let mut lines = encode_lines("s", &["a", "b"]).unwrap();
+        let n = lines.len();
+        lines[n - 1] = line(Kind::End, 3, "5");
+        assert!(matches!(
+            decode_first(&lines.join("\n")),
+            Err(FrameError::CountMismatch {
+                claimed: 5,
+                received: 2,
+                ..
+            })
+        ));
+        let mut lines = encode_lines("s", &["a", "b"]).unwrap();
+        lines.insert(2, line(Kind::Begin, 0, "t"));
+        assert!(matches!(
+            decode_first(&lines.join("\n")),
+            Err(FrameError::Truncated { .. })
+        ));
+        // Data before any begin line.
+        assert!(matches!(
+            decode_first(&line(Kind::Data, 1, "x")),
+            Err(FrameError::Reordered { .. })
+        ));
+    }
+
+    #[test]
+    fn encoder_refuses_what_cannot_be_framed() {
+        assert!(encode_lines("s", &["a\nb"]).is_err());
+        assert!(encode_lines("s", &["x".repeat(MAX_PAYLOAD + 1)]).is_err());
+    }
+}

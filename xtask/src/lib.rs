@@ -1,0 +1,67 @@
+//! The library behind `cargo xtask`, so its steps are testable.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+pub mod static_build;
+
+/// Why an xtask step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum XtaskError {
+    /// the command line is wrong
+    #[error("{0} (see `cargo xtask help`)")]
+    Usage(String),
+    /// a tool could not be started
+    #[error("cannot run `{tool}`: {source}")]
+    Spawn {
+        /// The program.
+        tool: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// a build step failed
+    #[error("`{command}` failed ({status}){tail}")]
+    Build {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its output, if captured.
+        tail: String,
+    },
+    /// an output is not what it must be
+    #[error("{path}: {problem}")]
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl XtaskError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 1,
+            Self::Spawn { .. } => 2,
+            Self::Build { .. } => 3,
+            Self::Output { .. } => 4,
+        }
+    }
+}
+
+/// The workspace root (where the top-level Cargo.toml is).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The workspace's target directory (honours CARGO_TARGET_DIR).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
