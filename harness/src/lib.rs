@@ -4,6 +4,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod backend;
 pub mod bare;
+pub mod feature;
+pub mod host;
 pub mod kvm;
+pub mod negotiate;
 pub mod vmm;

@@ -24,11 +24,14 @@ const PDPT_ADDR: u64 = 0x3000;
 const PD_ADDR: u64 = 0x4000;
 const CODE_ADDR: u64 = 0x8000;
 const CODE_MAX: usize = 0x8000;
-const OPS_ADDR: u64 = 0x1_0000;
 const IDT_BASE: u64 = 0x2_0000;
 const STACK_BASE: u64 = 0x6_0000;
 const PAGE: u64 = 0x1000;
-const RESULTS_BASE: u64 = 0x10_0000;
+/// Per-vCPU blocks start here: the vCPU's operation list, then its results area.
+const CPU_BASE: u64 = 0x10_0000;
+const CPU_STRIDE: u64 = 0x9000;
+const OPS_OFFSET: u64 = 0;
+const RESULTS_OFFSET: u64 = 0x4000;
 
 /// The most operations one probe may carry.
 pub const MAX_OPS: usize = 1024;
@@ -37,7 +40,6 @@ pub const MAX_VCPUS: u8 = 64;
 const OP_SIZE: u64 = 16;
 const RESULT_HEADER: u64 = 8;
 const RESULT_SIZE: u64 = 16;
-const RESULT_STRIDE: u64 = 0x5000; // header + MAX_OPS records, rounded up
 const MAGIC: u32 = 0x524d_564b; // "KVMR"
 
 /// One MSR operation of the probe.
@@ -56,13 +58,18 @@ pub enum MsrOp {
         /// The value written.
         value: u64,
     },
+    /// Load an empty IDT and execute `ud2`: the vCPU triple-faults (tests SHUTDOWN handling).
+    TripleFault,
+    /// Spin forever (tests the deadline).
+    Spin,
 }
 
 impl MsrOp {
-    /// The MSR the operation touches.
-    pub fn index(&self) -> MsrIndex {
+    /// The MSR the operation touches, if any.
+    pub fn index(&self) -> Option<MsrIndex> {
         match self {
-            Self::Read { index } | Self::Write { index, .. } => *index,
+            Self::Read { index } | Self::Write { index, .. } => Some(*index),
+            Self::TripleFault | Self::Spin => None,
         }
     }
 }
@@ -84,7 +91,7 @@ impl OpResult {
         match (self, op) {
             (Self::Read(v), _) => Reading::Value(v),
             (Self::Written, MsrOp::Write { value, .. }) => Reading::Value(*value),
-            (Self::Written, MsrOp::Read { .. }) => Reading::Value(0),
+            (Self::Written, _) => Reading::Value(0),
             (Self::Fault, _) => Reading::Fault(Fault::Gp),
         }
     }
@@ -133,7 +140,7 @@ pub enum ResultsError {
 
 /// Guest memory size the bare layout needs for `vcpus` vCPUs (2 MiB multiples).
 pub fn memory_size(vcpus: u8) -> usize {
-    let need = RESULTS_BASE + u64::from(vcpus) * RESULT_STRIDE;
+    let need = CPU_BASE + u64::from(vcpus) * CPU_STRIDE;
     let two_mib = 2u64 << 20;
     (need.div_ceil(two_mib) * two_mib) as usize
 }
@@ -142,15 +149,9 @@ fn mem_err(e: vm_memory::GuestMemoryError) -> String {
     e.to_string()
 }
 
-/// Writes page tables (identity map of the first 1 GiB with 2 MiB pages), the GDT, the probe
-/// code and the operation list.
-pub fn load(mem: &GuestMemoryMmap, ops: &[MsrOp]) -> Result<(), String> {
-    if ops.len() > MAX_OPS {
-        return Err(format!(
-            "{} operations exceed the bare guest's {MAX_OPS}",
-            ops.len()
-        ));
-    }
+/// Writes page tables (identity map of the first 1 GiB with 2 MiB pages), the GDT and the
+/// probe code.
+pub fn load_image(mem: &GuestMemoryMmap) -> Result<(), String> {
     if PROBE_IMAGE.len() > CODE_MAX {
         return Err("probe image too large".into());
     }
@@ -169,24 +170,41 @@ pub fn load(mem: &GuestMemoryMmap, ops: &[MsrOp]) -> Result<(), String> {
             .map_err(mem_err)?;
     }
     mem.write_slice(PROBE_IMAGE, GuestAddress(CODE_ADDR))
-        .map_err(mem_err)?;
+        .map_err(mem_err)
+}
+
+/// Writes vCPU `cpu`'s operation list and clears its results header.
+pub fn load_ops(mem: &GuestMemoryMmap, cpu: u8, ops: &[MsrOp]) -> Result<(), String> {
+    if ops.len() > MAX_OPS {
+        return Err(format!(
+            "{} operations exceed the bare guest's {MAX_OPS}",
+            ops.len()
+        ));
+    }
     for (i, op) in ops.iter().enumerate() {
         let (kind, index, value) = match op {
             MsrOp::Read { index } => (1u32, index.raw(), 0u64),
             MsrOp::Write { index, value } => (2u32, index.raw(), *value),
+            MsrOp::TripleFault => (3, 0, 0),
+            MsrOp::Spin => (4, 0, 0),
         };
-        let at = OPS_ADDR + OP_SIZE * i as u64;
+        let at = ops_addr(cpu) + OP_SIZE * i as u64;
         mem.write_obj(kind, GuestAddress(at)).map_err(mem_err)?;
         mem.write_obj(index, GuestAddress(at + 4))
             .map_err(mem_err)?;
         mem.write_obj(value, GuestAddress(at + 8))
             .map_err(mem_err)?;
     }
-    Ok(())
+    mem.write_obj(0u64, GuestAddress(results_addr(cpu)))
+        .map_err(mem_err)
+}
+
+fn ops_addr(cpu: u8) -> u64 {
+    CPU_BASE + u64::from(cpu) * CPU_STRIDE + OPS_OFFSET
 }
 
 fn results_addr(cpu: u8) -> u64 {
-    RESULTS_BASE + u64::from(cpu) * RESULT_STRIDE
+    CPU_BASE + u64::from(cpu) * CPU_STRIDE + RESULTS_OFFSET
 }
 
 /// The registers vCPU `cpu` starts with.
@@ -195,7 +213,7 @@ pub fn regs(cpu: u8, nops: usize) -> kvm_regs {
         rip: CODE_ADDR,
         rsp: STACK_BASE + PAGE * (u64::from(cpu) + 1),
         rflags: 0x2,
-        rdi: OPS_ADDR,
+        rdi: ops_addr(cpu),
         rsi: results_addr(cpu),
         rdx: nops as u64,
         r8: IDT_BASE + PAGE * u64::from(cpu),
@@ -311,7 +329,9 @@ mod tests {
     fn image_is_position_independent_code_of_sane_size() {
         assert!(PROBE_IMAGE.len() > 64 && PROBE_IMAGE.len() < 1024);
         assert_eq!(memory_size(1), 2 << 20);
-        assert!(memory_size(MAX_VCPUS) >= (RESULTS_BASE + 64 * RESULT_STRIDE) as usize);
+        assert!(memory_size(MAX_VCPUS) >= (CPU_BASE + 64 * CPU_STRIDE) as usize);
+        assert!(RESULTS_OFFSET >= OP_SIZE * MAX_OPS as u64);
+        assert!(CPU_STRIDE - RESULTS_OFFSET >= RESULT_HEADER + RESULT_SIZE * MAX_OPS as u64);
     }
 
     #[test]
@@ -320,7 +340,8 @@ mod tests {
         let ops = [MsrOp::Read {
             index: MsrIndex::new(0x10),
         }];
-        load(&m, &ops).unwrap();
+        load_image(&m).unwrap();
+        load_ops(&m, 0, &ops).unwrap();
         assert!(matches!(
             read_results(&m, 0, &ops),
             Err(ResultsError::BadMagic { .. })
@@ -346,6 +367,6 @@ mod tests {
             Err(ResultsError::Unreadable { .. })
         ));
         let too_many = vec![ops[0]; MAX_OPS + 1];
-        assert!(load(&m, &too_many).is_err());
+        assert!(load_ops(&m, 0, &too_many).is_err());
     }
 }

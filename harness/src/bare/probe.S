@@ -9,7 +9,9 @@
  *   r8  = address of a 4 KiB page for this vCPU's IDT
  *   rsp = top of this vCPU's stack
  *
- * Operation (16 bytes):  u32 kind (1 = rdmsr, 2 = wrmsr), u32 index, u64 value (for wrmsr)
+ * Operation (16 bytes):  u32 kind, u32 index, u64 value (for wrmsr). Kinds: 1 = rdmsr,
+ *                        2 = wrmsr, 3 = triple fault (load an empty IDT, then ud2), 4 = spin
+ *                        forever (for the VMM's SHUTDOWN and deadline paths)
  * Results area:          u32 magic 'KVMR', u32 done, then one 16-byte record per operation:
  *                        u32 status (1 = ok, 2 = #GP), u32 vector (0, or the unexpected
  *                        exception's vector), u64 value (what rdmsr read, or what wrmsr wrote)
@@ -64,8 +66,20 @@ next_op:
 	je	do_rdmsr
 	cmp	$2, %r10d
 	je	do_wrmsr
+	cmp	$3, %r10d
+	je	do_triple_fault
+	cmp	$4, %r10d
+	je	do_spin
 	/* Unknown kind: record status 0 and stop. */
 	jmp	all_done
+do_triple_fault:
+	sub	$16, %rsp
+	movw	$0, (%rsp)
+	movq	$0, 2(%rsp)
+	lidt	(%rsp)
+	ud2
+do_spin:
+	jmp	do_spin
 do_rdmsr:
 	xor	%eax, %eax
 	xor	%edx, %edx

@@ -1,4 +1,5 @@
 //! The VMM: VM construction, vCPU threads and exit dispatch, on top of the KVM layer.
 
 pub mod cpuid;
+pub mod machine;
 pub mod vcpu;

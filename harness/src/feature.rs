@@ -1,0 +1,341 @@
+//! Feature specs: a virtualized CPU feature described as data (`fixtures/features/*.toml`):
+//! the KVM capability and its enable arguments, the MSRs involved, the CPUID bits that announce
+//! it, and which semantic model serves it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::kvm::cap_by_name;
+use crate::vmm::cpuid::{CpuVendor, CpuidBit};
+use msr_probe::{Catalog, MsrIndex};
+
+/// The built-in feature specs, so `kvmcap` works from any directory.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("ppin", include_str!("../../fixtures/features/ppin.toml")),
+    (
+        "platform-info",
+        include_str!("../../fixtures/features/platform-info.toml"),
+    ),
+];
+
+/// What is wrong with a feature spec.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    /// no such feature
+    #[error(
+        "unknown feature `{0}` (built in: ppin, platform-info; or give a path to a .toml spec)"
+    )]
+    Unknown(String),
+    /// the file cannot be read
+    #[error("feature spec {path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// the file does not parse
+    #[error("feature spec {origin}: {message}")]
+    Syntax {
+        /// The file.
+        origin: String,
+        /// The parser's message with line and column.
+        message: String,
+    },
+    /// the file parses but says something impossible
+    #[error("feature spec {origin}: {problem}")]
+    Invalid {
+        /// The file.
+        origin: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Which semantic model serves the feature's MSRs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// PPIN_CTL/PPIN pairs (design.md's PPIN semantics).
+    Ppin,
+    /// MSRs KVM itself serves once the capability is enabled; the VMM sets their values.
+    KvmMsr,
+}
+
+/// The capability that turns the feature on in KVM.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CapSpec {
+    /// Its name.
+    pub name: String,
+    /// Its number.
+    pub number: u32,
+    /// `KVM_ENABLE_CAP` arguments.
+    pub args: [u64; 4],
+    /// Whether a kernel without it is an error (otherwise: recorded and skipped).
+    pub required: bool,
+}
+
+/// One vendor's PPIN MSR pair.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PpinPair {
+    /// The vendor whose guests use this pair.
+    pub vendor: CpuVendor,
+    /// The control MSR.
+    pub ctl: MsrIndex,
+    /// The value MSR.
+    pub value: MsrIndex,
+    /// The CPUID bit that announces it.
+    pub cpuid: CpuidBit,
+    /// PPIN_CTL's LockOut bit mask (from the catalog's `LockOut` field).
+    pub lockout: u64,
+    /// PPIN_CTL's Enable bit mask (from the catalog's `Enable` field).
+    pub enable: u64,
+}
+
+/// An MSR that KVM serves and the VMM sets.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KvmMsr {
+    /// The MSR.
+    pub msr: MsrIndex,
+    /// Its value when the host source has none.
+    pub default: u64,
+}
+
+/// A validated feature spec.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FeatureSpec {
+    /// Short name (`ppin`).
+    pub name: String,
+    /// One line.
+    pub description: String,
+    /// The semantic model.
+    pub model: ModelKind,
+    /// The capability.
+    pub capability: CapSpec,
+    /// PPIN pairs (model `ppin`).
+    pub pairs: Vec<PpinPair>,
+    /// Initial PPIN_CTL (model `ppin`).
+    pub initial_ctl: u64,
+    /// KVM-served MSRs (model `kvm-msr`).
+    pub kvm_msrs: Vec<KvmMsr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    #[serde(default)]
+    description: String,
+    model: ModelKind,
+    capability: RawCap,
+    #[serde(default)]
+    pair: Vec<RawPair>,
+    #[serde(default)]
+    initial: Option<RawInitial>,
+    #[serde(default)]
+    kvm_msr: Vec<RawKvmMsr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCap {
+    name: String,
+    #[serde(default)]
+    number: Option<u32>,
+    #[serde(default)]
+    args: Vec<u64>,
+    #[serde(default = "yes")]
+    required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    vendor: CpuVendor,
+    ctl: String,
+    value: String,
+    cpuid: CpuidBit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInitial {
+    ctl: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKvmMsr {
+    msr: String,
+    default: u64,
+}
+
+impl FeatureSpec {
+    /// A built-in feature by name, or a spec file by path.
+    pub fn find(name_or_path: &str, catalog: &Catalog) -> Result<Self, FeatureError> {
+        if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+            return Self::parse(text, &format!("{name_or_path} (built in)"), catalog);
+        }
+        let path = Path::new(name_or_path);
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(path).map_err(|source| FeatureError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            return Self::parse(&text, &path.display().to_string(), catalog);
+        }
+        Err(FeatureError::Unknown(name_or_path.to_owned()))
+    }
+
+    /// Parses and validates a spec against the catalog.
+    pub fn parse(text: &str, origin: &str, catalog: &Catalog) -> Result<Self, FeatureError> {
+        let raw: RawSpec = toml::from_str(text).map_err(|e| FeatureError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let invalid = |problem: String| FeatureError::Invalid {
+            origin: origin.to_owned(),
+            problem,
+        };
+        let msr = |name: &str| catalog.resolve(name).map_err(|e| invalid(format!("{e}")));
+        let number = match (raw.capability.number, cap_by_name(&raw.capability.name)) {
+            (Some(n), Some(known)) if n != known => {
+                return Err(invalid(format!(
+                    "capability {} is number {known}, not {n}",
+                    raw.capability.name
+                )))
+            }
+            (Some(n), _) | (None, Some(n)) => n,
+            (None, None) => {
+                return Err(invalid(format!(
+                    "capability `{}` is not a known name: give `number`",
+                    raw.capability.name
+                )))
+            }
+        };
+        if raw.capability.args.len() > 4 {
+            return Err(invalid("capability args: at most 4".into()));
+        }
+        let mut args = [0u64; 4];
+        args[..raw.capability.args.len()].copy_from_slice(&raw.capability.args);
+        let mut pairs = Vec::new();
+        for p in raw.pair {
+            if p.cpuid.bit > 31 {
+                return Err(invalid(format!(
+                    "pair {:?}: CPUID bit {} > 31",
+                    p.vendor, p.cpuid.bit
+                )));
+            }
+            let ctl = msr(&p.ctl)?;
+            let entry = catalog
+                .get(ctl)
+                .ok_or_else(|| invalid(format!("{} is not in the catalog", p.ctl)))?;
+            let bit = |f: &str| {
+                entry.field(f).map(|f| f.bits.mask()).ok_or_else(|| {
+                    invalid(format!("catalog entry {} has no `{f}` field", entry.name))
+                })
+            };
+            pairs.push(PpinPair {
+                vendor: p.vendor,
+                ctl,
+                value: msr(&p.value)?,
+                cpuid: p.cpuid,
+                lockout: bit("LockOut")?,
+                enable: bit("Enable")?,
+            });
+        }
+        let mut kvm_msrs = Vec::new();
+        for k in raw.kvm_msr {
+            kvm_msrs.push(KvmMsr {
+                msr: msr(&k.msr)?,
+                default: k.default,
+            });
+        }
+        match raw.model {
+            ModelKind::Ppin if pairs.is_empty() => {
+                return Err(invalid("model `ppin` needs at least one [[pair]]".into()))
+            }
+            ModelKind::KvmMsr if kvm_msrs.is_empty() => {
+                return Err(invalid(
+                    "model `kvm-msr` needs at least one [[kvm_msr]]".into(),
+                ))
+            }
+            _ => {}
+        }
+        Ok(Self {
+            name: raw.name,
+            description: raw.description,
+            model: raw.model,
+            capability: CapSpec {
+                name: raw.capability.name,
+                number,
+                args,
+                required: raw.capability.required,
+            },
+            pairs,
+            initial_ctl: raw.initial.map_or(0, |i| i.ctl),
+            kvm_msrs,
+        })
+    }
+
+    /// Every MSR the feature involves, in spec order.
+    pub fn msrs(&self) -> Vec<MsrIndex> {
+        let mut v: Vec<MsrIndex> = self.pairs.iter().flat_map(|p| [p.ctl, p.value]).collect();
+        v.extend(self.kvm_msrs.iter().map(|k| k.msr));
+        v
+    }
+
+    /// The pair a guest of `vendor` uses.
+    pub fn pair_for(&self, vendor: CpuVendor) -> Option<&PpinPair> {
+        self.pairs.iter().find(|p| p.vendor == vendor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::builtin().unwrap()
+    }
+
+    #[test]
+    fn builtin_specs_load() {
+        let c = catalog();
+        let p = FeatureSpec::find("ppin", &c).unwrap();
+        assert_eq!(p.capability.number, crate::kvm::KVM_CAP_PPIN);
+        assert_eq!(p.pairs.len(), 2);
+        assert_eq!(p.pairs[1].value, MsrIndex::new(0xc00102f1));
+        assert_eq!((p.pairs[0].lockout, p.pairs[0].enable), (1, 2));
+        let pi = FeatureSpec::find("platform-info", &c).unwrap();
+        assert_eq!(pi.capability.number, 159);
+        assert_eq!(pi.msrs(), vec![MsrIndex::new(0xce)]);
+    }
+
+    #[test]
+    fn bad_specs_are_named() {
+        let c = catalog();
+        assert!(matches!(
+            FeatureSpec::find("nope", &c),
+            Err(FeatureError::Unknown(_))
+        ));
+        let bad = |t: &str| FeatureSpec::parse(t, "t.toml", &c).unwrap_err().to_string();
+        let e = bad("name='x'\nmodel='kvm-msr'\n[capability]\nname='KVM_CAP_NOPE'\n");
+        assert!(e.contains("not a known name"), "{e}");
+        let e = bad(
+            "name='x'\nmodel='kvm-msr'\n[capability]\nname='KVM_CAP_MSR_PLATFORM_INFO'\nnumber=3\n",
+        );
+        assert!(e.contains("is number 159"), "{e}");
+        let e = bad("name='x'\nmodel='kvm-msr'\n[capability]\nname='KVM_CAP_MSR_PLATFORM_INFO'\n[[kvm_msr]]\nmsr='NOPE'\ndefault=0\n");
+        assert!(e.contains("unknown MSR `NOPE`"), "{e}");
+        let e = bad("name='x'\nmodel='ppin'\n[capability]\nname='KVM_CAP_PPIN'\n");
+        assert!(e.contains("needs at least one [[pair]]"), "{e}");
+        let e = bad("name='x'\nmodel='magic'\n");
+        assert!(e.contains("t.toml"), "{e}");
+    }
+}

@@ -1,0 +1,212 @@
+//! Host sources: where the host's MSR values come from, always named in the report.
+//!
+//! - `explicit`: a value on the command line (`--host-value MSR_PPIN=0x...`);
+//! - `profile`: a recorded host dump (`fixtures/hosts/*.toml`), with its fingerprint;
+//! - `devmsr`: `/dev/cpu/N/msr` on this machine;
+//! - `kvm`: `KVM_GET_MSRS` on `/dev/kvm` for KVM's feature MSRs.
+//!
+//! They are consulted in that order: the first that has a value for an MSR wins.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use msr_probe::{Catalog, DevMsr, Fingerprint, MsrIndex, MsrReader, Reading};
+
+/// A host value and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostValue {
+    /// The reading (a value, or a fault the host CPU raised).
+    pub reading: Reading,
+    /// The source's name (`explicit`, `profile:<file>`, `devmsr`, `kvm`).
+    pub source: String,
+}
+
+/// Why a host source cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// a --host-value argument is malformed
+    #[error("--host-value `{0}`: expected NAME=VALUE, e.g. MSR_PPIN=0x1122334455667788")]
+    BadExplicit(String),
+    /// an MSR name is unknown
+    #[error("--host-value: {0}")]
+    UnknownMsr(#[from] msr_probe::catalog::UnknownMsr),
+    /// the profile cannot be read
+    #[error("host profile {path}: {message}")]
+    Profile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A recorded host dump.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The machine it was recorded on.
+    pub fingerprint: Fingerprint,
+    /// MSR name (or index) to value, as read on CPU 0.
+    pub msr: BTreeMap<String, u64>,
+}
+
+/// Every host source configured for a run.
+#[derive(Default)]
+pub struct HostSources {
+    explicit: Vec<(MsrIndex, u64)>,
+    profile: Option<(String, Vec<(MsrIndex, u64)>)>,
+    devmsr: Option<DevMsr>,
+    kvm: Vec<(MsrIndex, u64)>,
+}
+
+impl HostSources {
+    /// Parses `NAME=VALUE` arguments into the explicit source.
+    pub fn with_explicit(mut self, args: &[String], catalog: &Catalog) -> Result<Self, HostError> {
+        for a in args {
+            let (name, value) = a
+                .split_once('=')
+                .ok_or_else(|| HostError::BadExplicit(a.clone()))?;
+            let index = catalog.resolve(name.trim())?;
+            let value = msr_probe::index::parse_u64(value)
+                .ok_or_else(|| HostError::BadExplicit(a.clone()))?;
+            self.explicit.retain(|(i, _)| *i != index);
+            self.explicit.push((index, value));
+        }
+        Ok(self)
+    }
+
+    /// Adds a recorded profile.
+    pub fn with_profile(mut self, path: &Path, catalog: &Catalog) -> Result<Self, HostError> {
+        let err = |message: String| HostError::Profile {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let p: Profile =
+            toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
+        let mut values = Vec::new();
+        for (name, v) in p.msr {
+            values.push((catalog.resolve(&name).map_err(|e| err(e.to_string()))?, v));
+        }
+        self.profile = Some((format!("profile:{}", path.display()), values));
+        Ok(self)
+    }
+
+    /// Adds this machine's `/dev/cpu/N/msr` (used only where the driver is present).
+    pub fn with_devmsr(mut self, reader: DevMsr) -> Self {
+        self.devmsr = Some(reader);
+        self
+    }
+
+    /// Adds KVM's feature MSR values (`KVM_GET_MSRS` on the system fd).
+    pub fn with_kvm(mut self, values: Vec<(MsrIndex, u64)>) -> Self {
+        self.kvm = values;
+        self
+    }
+
+    /// The host's value of `index` on `cpu`, or `None` if no source has it.
+    pub fn get(&self, cpu: u32, index: MsrIndex) -> Option<HostValue> {
+        let found =
+            |list: &[(MsrIndex, u64)]| list.iter().find(|(i, _)| *i == index).map(|(_, v)| *v);
+        if let Some(v) = found(&self.explicit) {
+            return Some(HostValue {
+                reading: Reading::Value(v),
+                source: "explicit".into(),
+            });
+        }
+        if let Some((name, list)) = &self.profile {
+            if let Some(v) = found(list) {
+                return Some(HostValue {
+                    reading: Reading::Value(v),
+                    source: name.clone(),
+                });
+            }
+        }
+        if let Some(dev) = &self.devmsr {
+            match dev.read(cpu, index) {
+                r @ (Reading::Value(_) | Reading::Fault(_)) => {
+                    return Some(HostValue {
+                        reading: r,
+                        source: "devmsr".into(),
+                    })
+                }
+                Reading::Unavailable(_) => {}
+            }
+        }
+        found(&self.kvm).map(|v| HostValue {
+            reading: Reading::Value(v),
+            source: "kvm".into(),
+        })
+    }
+
+    /// The first value any source has for one of `indices` (e.g. the host's PPIN under either
+    /// vendor's index).
+    pub fn first_value(&self, indices: &[MsrIndex]) -> Option<(MsrIndex, u64, String)> {
+        indices.iter().find_map(|&i| match self.get(0, i) {
+            Some(HostValue {
+                reading: Reading::Value(v),
+                source,
+            }) => Some((i, v, source)),
+            _ => None,
+        })
+    }
+
+    /// The names of the configured sources, for the report.
+    pub fn describe(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.explicit.is_empty() {
+            v.push("explicit".to_owned());
+        }
+        if let Some((n, _)) = &self.profile {
+            v.push(n.clone());
+        }
+        if self.devmsr.is_some() {
+            v.push("devmsr".to_owned());
+        }
+        if !self.kvm.is_empty() {
+            v.push("kvm".to_owned());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_beats_profile_and_errors_are_named() {
+        let c = Catalog::builtin().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.toml");
+        std::fs::write(&p, "[fingerprint]\nkernel='6.12'\ncpu_vendor='AuthenticAMD'\ncpu_model='x'\ncpu_fms='1.2.3'\nhypervisor=false\n[msr]\nMSR_AMD_PPIN=5\nMSR_PPIN=6\n").unwrap();
+        let h = HostSources::default()
+            .with_explicit(&["MSR_PPIN=0x10".into()], &c)
+            .unwrap()
+            .with_profile(&p, &c)
+            .unwrap();
+        assert_eq!(
+            h.get(0, MsrIndex::new(0x4f)).unwrap().reading,
+            Reading::Value(0x10)
+        );
+        let amd = h.get(0, MsrIndex::new(0xc00102f1)).unwrap();
+        assert_eq!(
+            (amd.reading, amd.source.starts_with("profile:")),
+            (Reading::Value(5), true)
+        );
+        assert!(h.get(0, MsrIndex::new(0x10)).is_none());
+        assert!(HostSources::default()
+            .with_explicit(&["MSR_PPIN".into()], &c)
+            .is_err());
+        assert!(HostSources::default()
+            .with_explicit(&["NOPE=1".into()], &c)
+            .is_err());
+        assert!(HostSources::default()
+            .with_explicit(&["MSR_PPIN=zz".into()], &c)
+            .is_err());
+        std::fs::write(&p, "garbage = [").unwrap();
+        assert!(HostSources::default().with_profile(&p, &c).is_err());
+    }
+}

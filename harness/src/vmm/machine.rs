@@ -1,0 +1,493 @@
+//! Building and running a VM for the bare probe guest: negotiate, set up memory and vCPUs,
+//! run every vCPU to its end or the deadline, and read back what the guest recorded.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_mp_state, kvm_msr_entry, Msrs, KVM_MP_STATE_RUNNABLE};
+use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd};
+use serde::Serialize;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::backend::model::ModelInputs;
+use crate::backend::{build_model, Backend, MsrModel};
+use crate::bare::{self, MsrOp, OpResult, ResultsError, DONE_PORT, FAULT_PORT};
+use crate::feature::{FeatureSpec, ModelKind};
+use crate::host::HostSources;
+use crate::kvm::{KvmError, KvmSystem, VmSetup};
+use crate::negotiate::{negotiate, CapRequest, NegotiationError, NegotiationStep};
+use crate::vmm::cpuid::{self, CpuVendor, CpuidBit};
+use crate::vmm::vcpu::{run_vcpus, ExitHandler, Flow, VcpuEnd};
+use msr_probe::{Fault, MsrIndex};
+
+/// `KVM_CAP_X86_USER_SPACE_MSR`.
+pub const CAP_USER_SPACE_MSR: u32 = kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR;
+/// `KVM_CAP_X86_MSR_FILTER`.
+pub const CAP_MSR_FILTER: u32 = kvm_bindings::KVM_CAP_X86_MSR_FILTER;
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// KVM itself failed
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// negotiation failed
+    #[error("{error}")]
+    Negotiation {
+        /// The steps up to the failure.
+        steps: Vec<NegotiationStep>,
+        /// The failure.
+        error: NegotiationError,
+    },
+    /// the request is impossible
+    #[error("{0}")]
+    Request(String),
+    /// a vCPU could not be set up
+    #[error("vCPU {cpu}: {what}: {error}")]
+    Vcpu {
+        /// The vCPU.
+        cpu: u8,
+        /// Which step.
+        what: String,
+        /// The error.
+        error: String,
+    },
+}
+
+/// Resource limits of a run (each has a default and a command-line flag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// The most vCPUs.
+    pub max_vcpus: u8,
+    /// The deadline for the guest.
+    pub deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_vcpus: bare::MAX_VCPUS,
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What to run on the bare guest.
+pub struct BareRequest<'a> {
+    /// The KVM device.
+    pub kvm_path: PathBuf,
+    /// The feature (its capability, MSRs, CPUID bits and model).
+    pub feature: Option<&'a FeatureSpec>,
+    /// How the feature reaches the guest.
+    pub backend: Backend,
+    /// The operations of each vCPU (the length is the vCPU count).
+    pub ops: Vec<Vec<MsrOp>>,
+    /// Host values (the PPIN value, PLATFORM_INFO, ...).
+    pub host: &'a HostSources,
+    /// Enable arguments overriding the feature spec's.
+    pub cap_args: Option<[u64; 4]>,
+    /// MSR state the VMM establishes before the guest runs (host-initiated writes).
+    pub initial: Vec<(MsrIndex, u64)>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// What a bare run produced.
+#[derive(Debug)]
+pub struct BareOutcome {
+    /// Negotiation steps.
+    pub negotiation: Vec<NegotiationStep>,
+    /// The guest's CPU vendor.
+    pub vendor: CpuVendor,
+    /// Each vCPU's end.
+    pub ends: Vec<VcpuEnd>,
+    /// Each vCPU's results, validated.
+    pub results: Vec<Result<Vec<OpResult>, ResultsError>>,
+    /// Unexpected guest I/O seen, bounded.
+    pub stray_io: Vec<String>,
+    /// The model inputs in force (for the oracle).
+    pub model_inputs: Option<ModelInputs>,
+    /// VM creation to last vCPU end.
+    pub elapsed: Duration,
+}
+
+const MAX_STRAY: usize = 32;
+
+struct BareHandler {
+    model: Option<Arc<Mutex<Box<dyn MsrModel>>>>,
+    stray: Vec<String>,
+}
+
+impl BareHandler {
+    fn note(&mut self, what: String) {
+        if self.stray.len() < MAX_STRAY {
+            self.stray.push(what);
+        }
+    }
+}
+
+fn le_u32(data: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let n = data.len().min(4);
+    b[..n].copy_from_slice(&data[..n]);
+    u32::from_le_bytes(b)
+}
+
+impl ExitHandler for BareHandler {
+    fn io_out(&mut self, port: u16, data: &[u8]) -> Flow {
+        match port {
+            DONE_PORT => Flow::End(VcpuEnd::Done { ops: le_u32(data) }),
+            FAULT_PORT => Flow::End(VcpuEnd::UnexpectedException {
+                vector: le_u32(data),
+            }),
+            _ => {
+                self.note(format!("out {port:#x} ({} bytes)", data.len()));
+                Flow::Continue
+            }
+        }
+    }
+    fn io_in(&mut self, port: u16, data: &mut [u8]) -> Flow {
+        self.note(format!("in {port:#x} ({} bytes)", data.len()));
+        data.fill(0xff);
+        Flow::Continue
+    }
+    fn rdmsr(&mut self, index: MsrIndex) -> Result<u64, Fault> {
+        match &self.model {
+            Some(m) => m.lock().map_err(|_| Fault::Gp)?.read(index),
+            None => Err(Fault::Gp),
+        }
+    }
+    fn wrmsr(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault> {
+        match &self.model {
+            Some(m) => m.lock().map_err(|_| Fault::Gp)?.write(index, value),
+            None => Err(Fault::Gp),
+        }
+    }
+}
+
+/// The capabilities a backend negotiates for `feature`.
+pub fn cap_requests(
+    feature: Option<&FeatureSpec>,
+    backend: Backend,
+    args: Option<[u64; 4]>,
+) -> Vec<CapRequest> {
+    match (backend, feature) {
+        (Backend::None, _) | (_, None) => Vec::new(),
+        (Backend::User, Some(_)) => vec![
+            CapRequest {
+                cap: CAP_USER_SPACE_MSR,
+                enable: Some([u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0]),
+                required: true,
+            },
+            CapRequest {
+                cap: CAP_MSR_FILTER,
+                enable: None,
+                required: true,
+            },
+        ],
+        (Backend::Kernel, Some(f)) => vec![CapRequest {
+            cap: f.capability.number,
+            enable: Some(args.unwrap_or(f.capability.args)),
+            required: f.capability.required,
+        }],
+    }
+}
+
+/// The model inputs a backend establishes for `feature`, from the host sources.
+pub fn model_inputs(
+    feature: &FeatureSpec,
+    backend: Backend,
+    vendor: CpuVendor,
+    host: &HostSources,
+    args: [u64; 4],
+    initial: &[(MsrIndex, u64)],
+) -> Result<ModelInputs, VmmError> {
+    let enabled = backend != Backend::None;
+    let mut values = Vec::new();
+    let mut initial_ctl = feature.initial_ctl;
+    match feature.model {
+        ModelKind::Ppin => {
+            // The host's PPIN, under the guest vendor's index first, then any other.
+            let mut order: Vec<MsrIndex> = feature
+                .pair_for(vendor)
+                .map(|p| p.value)
+                .into_iter()
+                .collect();
+            order.extend(feature.pairs.iter().map(|p| p.value));
+            match host.first_value(&order) {
+                Some((_, v, _)) => values.push((order[0], v)),
+                None if enabled => {
+                    return Err(VmmError::Request(format!(
+                        "backend {backend} needs a PPIN value: give --host-value {}=0x..., a host profile, or run where /dev/cpu/N/msr can read it",
+                        feature.pair_for(vendor).map_or("MSR_PPIN".to_owned(), |p| p.value.to_string())
+                    )))
+                }
+                None => {}
+            }
+            for (i, v) in initial {
+                if feature.pairs.iter().any(|p| p.ctl == *i) {
+                    initial_ctl = *v;
+                }
+            }
+        }
+        ModelKind::KvmMsr => {
+            for k in &feature.kvm_msrs {
+                if let Some((_, v, _)) = host.first_value(&[k.msr]) {
+                    values.push((k.msr, v));
+                }
+            }
+        }
+    }
+    Ok(ModelInputs {
+        vendor,
+        enabled,
+        args,
+        values,
+        initial_ctl,
+    })
+}
+
+fn cpuid_bits(
+    feature: Option<&FeatureSpec>,
+    backend: Backend,
+    vendor: CpuVendor,
+) -> (Vec<CpuidBit>, Vec<CpuidBit>) {
+    let Some(f) = feature else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for p in &f.pairs {
+        if backend != Backend::None && p.vendor == vendor {
+            on.push(p.cpuid);
+        } else {
+            off.push(p.cpuid);
+        }
+    }
+    (on, off)
+}
+
+fn set_msrs(vcpu: &VcpuFd, cpu: u8, values: &[(MsrIndex, u64)]) -> Result<(), VmmError> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let entries: Vec<kvm_msr_entry> = values
+        .iter()
+        .map(|(i, v)| kvm_msr_entry {
+            index: i.raw(),
+            data: *v,
+            ..Default::default()
+        })
+        .collect();
+    let msrs = Msrs::from_entries(&entries).map_err(|e| VmmError::Vcpu {
+        cpu,
+        what: "KVM_SET_MSRS".into(),
+        error: format!("{e:?}"),
+    })?;
+    let n = vcpu.set_msrs(&msrs).map_err(|e| VmmError::Vcpu {
+        cpu,
+        what: "KVM_SET_MSRS".into(),
+        error: e.to_string(),
+    })?;
+    if n < values.len() {
+        let (i, v) = values[n];
+        return Err(VmmError::Vcpu {
+            cpu,
+            what: format!("KVM_SET_MSRS({i} = {v:#x})"),
+            error: "KVM refused the value".into(),
+        });
+    }
+    Ok(())
+}
+
+fn vcpu_err(cpu: u8, what: &str) -> impl Fn(vmm_sys_util::errno::Error) -> VmmError + '_ {
+    move |e| VmmError::Vcpu {
+        cpu,
+        what: what.to_owned(),
+        error: e.to_string(),
+    }
+}
+
+/// Runs the bare probe guest as `req` says.
+pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
+    let start = Instant::now();
+    let count = req.ops.len();
+    if count == 0 || count > usize::from(req.limits.max_vcpus.min(bare::MAX_VCPUS)) {
+        return Err(VmmError::Request(format!(
+            "{count} vCPUs: expected 1..={}",
+            req.limits.max_vcpus.min(bare::MAX_VCPUS)
+        )));
+    }
+    let count_u8 = count as u8;
+    let kvm = KvmSystem::open(&req.kvm_path)?;
+    if count > kvm.max_vcpus() {
+        return Err(VmmError::Request(format!(
+            "{count} vCPUs: KVM allows {}",
+            kvm.max_vcpus()
+        )));
+    }
+    let supported = kvm.supported_cpuid()?;
+    let vendor = cpuid::vendor(&supported);
+    let args = req
+        .cap_args
+        .or(req.feature.map(|f| f.capability.args))
+        .unwrap_or([0; 4]);
+    let inputs = match req.feature {
+        Some(f) => Some(model_inputs(
+            f,
+            req.backend,
+            vendor,
+            req.host,
+            args,
+            &req.initial,
+        )?),
+        None => None,
+    };
+
+    let vm: VmSetup = kvm.create_vm()?;
+    let requests = cap_requests(req.feature, req.backend, req.cap_args);
+    let negotiation = negotiate(&kvm, &vm, &requests)
+        .map_err(|(steps, error)| VmmError::Negotiation { steps, error })?;
+
+    let model: Option<Arc<Mutex<Box<dyn MsrModel>>>> = match (req.backend, req.feature, &inputs) {
+        (Backend::User, Some(f), Some(inp)) => {
+            let mut m = build_model(f, inp);
+            for (i, v) in &req.initial {
+                if m.handles(*i) {
+                    m.restore(*i, *v).map_err(VmmError::Request)?;
+                }
+            }
+            let bitmap = [0u8; 1];
+            let msrs = f.msrs();
+            if msrs.len() > kvm_bindings::KVM_MSR_FILTER_MAX_RANGES as usize {
+                return Err(VmmError::Request(format!(
+                    "feature {} has more MSRs than MSR filter ranges",
+                    f.name
+                )));
+            }
+            let ranges: Vec<MsrFilterRange<'_>> = msrs
+                .iter()
+                .map(|m| MsrFilterRange {
+                    flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                    base: m.raw(),
+                    msr_count: 1,
+                    bitmap: &bitmap,
+                })
+                .collect();
+            vm.fd()
+                .set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+                .map_err(|source| KvmError::Ioctl {
+                    ioctl: "KVM_X86_SET_MSR_FILTER".into(),
+                    source,
+                })?;
+            Some(Arc::new(Mutex::new(m)))
+        }
+        _ => None,
+    };
+
+    vm.fd()
+        .set_tss_address(0xfffb_d000)
+        .map_err(|source| KvmError::Ioctl {
+            ioctl: "KVM_SET_TSS_ADDR".into(),
+            source,
+        })?;
+    vm.fd()
+        .create_irq_chip()
+        .map_err(|source| KvmError::Ioctl {
+            ioctl: "KVM_CREATE_IRQCHIP".into(),
+            source,
+        })?;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bare::memory_size(count_u8))])
+        .map_err(|e| KvmError::Memory(e.to_string()))?;
+    vm.register_memory(&mem)?;
+    bare::load_image(&mem).map_err(VmmError::Request)?;
+    for (cpu, ops) in req.ops.iter().enumerate() {
+        bare::load_ops(&mem, cpu as u8, ops).map_err(VmmError::Request)?;
+    }
+
+    // Values KVM serves for the kernel backend, set host-initiated before the guest runs.
+    let mut kvm_values: Vec<(MsrIndex, u64)> = Vec::new();
+    if let (Backend::Kernel, Some(f), Some(inp)) = (req.backend, req.feature, &inputs) {
+        match f.model {
+            ModelKind::KvmMsr => {
+                for k in &f.kvm_msrs {
+                    let v = inp
+                        .values
+                        .iter()
+                        .find(|(i, _)| *i == k.msr)
+                        .map_or(k.default, |(_, v)| *v);
+                    kvm_values.push((k.msr, v));
+                }
+            }
+            ModelKind::Ppin => {
+                if let Some(p) = f.pair_for(vendor) {
+                    if let Some((_, v)) = inp.values.first() {
+                        kvm_values.push((p.value, *v));
+                    }
+                    kvm_values.push((p.ctl, inp.initial_ctl));
+                }
+            }
+        }
+        for (i, v) in &req.initial {
+            if !kvm_values.iter().any(|(k, _)| k == i) {
+                kvm_values.push((*i, *v));
+            }
+        }
+    }
+
+    let (on, off) = cpuid_bits(req.feature, req.backend, vendor);
+    let (vm_ready, vcpus) = vm.create_vcpus(count_u8)?;
+    let mut runnable = Vec::with_capacity(count);
+    for (cpu, vcpu) in vcpus.into_iter().enumerate() {
+        let cpu = cpu as u8;
+        let table = cpuid::for_vcpu(&supported, cpu, count_u8, &on, &off).map_err(|error| {
+            VmmError::Vcpu {
+                cpu,
+                what: "CPUID".into(),
+                error,
+            }
+        })?;
+        vcpu.set_cpuid2(&table)
+            .map_err(vcpu_err(cpu, "KVM_SET_CPUID2"))?;
+        let sregs = vcpu.get_sregs().map_err(vcpu_err(cpu, "KVM_GET_SREGS"))?;
+        vcpu.set_sregs(&bare::sregs(sregs))
+            .map_err(vcpu_err(cpu, "KVM_SET_SREGS"))?;
+        vcpu.set_regs(&bare::regs(cpu, req.ops[usize::from(cpu)].len()))
+            .map_err(vcpu_err(cpu, "KVM_SET_REGS"))?;
+        vcpu.set_mp_state(kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        })
+        .map_err(vcpu_err(cpu, "KVM_SET_MP_STATE"))?;
+        set_msrs(&vcpu, cpu, &kvm_values)?;
+        runnable.push((
+            vcpu,
+            BareHandler {
+                model: model.clone(),
+                stray: Vec::new(),
+            },
+        ));
+    }
+    let (summary, handlers) = run_vcpus(runnable, req.limits.deadline);
+    drop(vm_ready);
+    let results = req
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(cpu, ops)| bare::read_results(&mem, cpu as u8, ops))
+        .collect();
+    let stray_io = handlers
+        .into_iter()
+        .flat_map(|h| h.stray)
+        .take(MAX_STRAY)
+        .collect();
+    Ok(BareOutcome {
+        negotiation,
+        vendor,
+        ends: summary.ends,
+        results,
+        stray_io,
+        model_inputs: inputs,
+        elapsed: start.elapsed(),
+    })
+}
