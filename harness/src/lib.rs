@@ -6,8 +6,13 @@
 
 pub mod backend;
 pub mod bare;
+pub mod cli;
+pub mod compare;
 pub mod feature;
 pub mod host;
 pub mod kvm;
 pub mod negotiate;
+pub mod probe;
+pub mod report;
+pub mod scenario;
 pub mod vmm;

@@ -1,1 +1,244 @@
-fn main() {}
+//! `kvmcap`: the command line. Every failure is one line on stderr and a documented exit code.
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use kvmcap::cli::{self, exit, Options};
+use kvmcap::feature::{FeatureError, FeatureSpec};
+use kvmcap::host::HostSources;
+use kvmcap::kvm::{cap_name, KvmError, KvmSystem};
+use kvmcap::negotiate::NegotiationError;
+use kvmcap::probe::{probe_bare, ProbeRequest};
+use kvmcap::report::write_atomic;
+use kvmcap::scenario::{run_scenario, Scenario, ScenarioError};
+use kvmcap::vmm::machine::VmmError;
+use msr_probe::{Catalog, DevMsr, MsrIndex};
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn fail(code: u8, message: impl ToString) -> Failure {
+    Failure {
+        code,
+        message: message.to_string(),
+    }
+}
+
+fn vmm_failure(e: VmmError) -> Failure {
+    let code = match &e {
+        VmmError::Kvm(
+            KvmError::Missing { .. }
+            | KvmError::NotPermitted { .. }
+            | KvmError::Open { .. }
+            | KvmError::ApiVersion { .. },
+        ) => exit::KVM,
+        VmmError::Negotiation {
+            error: NegotiationError::Missing { .. },
+            ..
+        } => exit::CAP_MISSING,
+        VmmError::Negotiation {
+            error: NegotiationError::Refused { .. },
+            ..
+        } => exit::CAP_REFUSED,
+        VmmError::Request(_) => exit::USAGE,
+        _ => exit::VMM,
+    };
+    fail(code, e)
+}
+
+fn scenario_failure(e: ScenarioError) -> Failure {
+    match e {
+        ScenarioError::Vmm(v) => vmm_failure(v),
+        ScenarioError::Backend { .. } => fail(exit::USAGE, e),
+        other => fail(exit::INPUT, other),
+    }
+}
+
+fn catalog() -> Result<Catalog, Failure> {
+    Catalog::builtin().map_err(|e| fail(exit::INPUT, e))
+}
+
+fn emit(o: &Options, json: &impl Serialize, table: String) -> Result<(), Failure> {
+    let doc = serde_json::to_string_pretty(json).map_err(|e| fail(exit::OUTPUT, e))? + "\n";
+    if let Some(path) = &o.report {
+        write_atomic(path, doc.as_bytes())
+            .map_err(|e| fail(exit::OUTPUT, format!("report {}: {e}", path.display())))?;
+    }
+    if o.json {
+        print!("{doc}");
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CapRow {
+    number: u32,
+    name: String,
+    system: i32,
+    vm: i32,
+}
+
+/// Capability numbers scanned by `caps`: every upstream one and beyond, so a patched kernel's
+/// new number shows up even when nobody names it.
+const CAP_SCAN_LIMIT: u32 = 4096;
+
+fn cmd_caps(o: &Options) -> Result<(), Failure> {
+    let kvm = KvmSystem::open(&o.kvm).map_err(|e| vmm_failure(e.into()))?;
+    let vm = kvm.create_vm().map_err(|e| vmm_failure(e.into()))?;
+    let mut rows = Vec::new();
+    for n in 0..CAP_SCAN_LIMIT {
+        let system = kvm.check_extension_raw(n);
+        let at_vm = vm.check_extension_raw(n);
+        if system != 0 || at_vm != 0 {
+            rows.push(CapRow {
+                number: n,
+                name: cap_name(n),
+                system,
+                vm: at_vm,
+            });
+        }
+    }
+    let mut table = format!(
+        "{} on {} (kernel {}): {} capabilities present\n{:<6} {:<40} {:>10} {:>10}\n",
+        kvm.path().display(),
+        msr_probe::Fingerprint::of_running_system().cpu_model,
+        kvmcap::negotiate::running_kernel(),
+        rows.len(),
+        "NUMBER",
+        "NAME",
+        "SYSTEM",
+        "VM"
+    );
+    for r in &rows {
+        table.push_str(&format!(
+            "{:<6} {:<40} {:>10} {:>10}\n",
+            r.number, r.name, r.system, r.vm
+        ));
+    }
+    emit(o, &rows, table)
+}
+
+fn feature(o: &Options, catalog: &Catalog) -> Result<FeatureSpec, Failure> {
+    let name = o.feature.as_deref().unwrap_or("ppin");
+    FeatureSpec::find(name, catalog).map_err(|e| match e {
+        FeatureError::Unknown(_) => fail(exit::USAGE, e),
+        other => fail(exit::INPUT, other),
+    })
+}
+
+fn host_sources(o: &Options, catalog: &Catalog) -> Result<HostSources, Failure> {
+    let mut h = HostSources::default()
+        .with_explicit(&o.host_values, catalog)
+        .map_err(|e| fail(exit::USAGE, e))?;
+    if let Some(p) = &o.host_profile {
+        h = h
+            .with_profile(p, catalog)
+            .map_err(|e| fail(exit::INPUT, e))?;
+    }
+    Ok(h.with_devmsr(DevMsr::default()))
+}
+
+fn cmd_probe(o: &Options) -> Result<bool, Failure> {
+    let catalog = catalog()?;
+    let spec = feature(o, &catalog)?;
+    let mut msrs: Vec<MsrIndex> = Vec::new();
+    for m in &o.msrs {
+        msrs.push(catalog.resolve(m).map_err(|e| fail(exit::USAGE, e))?);
+    }
+    if o.catalog {
+        msrs.extend(catalog.indices());
+    }
+    if msrs.is_empty() {
+        msrs = spec.msrs();
+    }
+    let host = host_sources(o, &catalog)?;
+    let report = probe_bare(
+        &ProbeRequest {
+            kvm_path: o.kvm.clone(),
+            feature: Some(&spec),
+            backend: o.backend.unwrap_or(kvmcap::backend::Backend::None),
+            vcpus: o.vcpus,
+            msrs,
+            host: &host,
+            limits: o.limits,
+        },
+        &catalog,
+    )
+    .map_err(vmm_failure)?;
+    emit(o, &report, report.table())?;
+    Ok(report.ok())
+}
+
+fn cmd_run(o: &Options) -> Result<bool, Failure> {
+    let catalog = catalog()?;
+    let scenario = Scenario::find(&o.positional[0], &catalog).map_err(scenario_failure)?;
+    let backends = match o.backend {
+        Some(b) => vec![b],
+        None => scenario.backends.clone(),
+    };
+    let mut reports = Vec::new();
+    let mut table = String::new();
+    for b in backends {
+        match run_scenario(&scenario, b, o.vcpus, &o.kvm, &catalog, o.limits) {
+            Ok(r) => {
+                table.push_str(&r.table());
+                reports.push(r);
+            }
+            // Without --backend, a backend this kernel cannot do is skipped, and said so.
+            Err(ScenarioError::Vmm(VmmError::Negotiation {
+                error: e @ NegotiationError::Missing { .. },
+                ..
+            })) if o.backend.is_none() => {
+                let line = format!("scenario {} (backend {b}): skipped: {e}\n", scenario.name);
+                eprint!("{line}");
+                table.push_str(&line);
+            }
+            Err(e) => return Err(scenario_failure(e)),
+        }
+    }
+    if reports.is_empty() {
+        return Err(fail(
+            exit::CAP_MISSING,
+            format!(
+                "scenario {}: no backend it supports can run here",
+                scenario.name
+            ),
+        ));
+    }
+    let pass = reports.iter().all(|r| r.pass);
+    emit(o, &reports, table)?;
+    Ok(pass)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match cli::parse(&args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            print!("{}", cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Err(cli::Usage(m)) => {
+            eprintln!("kvmcap: {m} (see kvmcap --help)");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let result = match options.command.as_str() {
+        "caps" => cmd_caps(&options).map(|()| true),
+        "probe" => cmd_probe(&options),
+        _ => cmd_run(&options),
+    };
+    match result {
+        Ok(true) => ExitCode::from(exit::OK),
+        Ok(false) => ExitCode::from(exit::VERDICT),
+        Err(f) => {
+            eprintln!("kvmcap: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The `kvmcap` command line: argument parsing and the exit-code contract.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::vmm::machine::Limits;
+
+/// Exit codes (documented in README.md).
+pub mod exit {
+    /// Every verdict as expected.
+    pub const OK: u8 = 0;
+    /// At least one verdict is not as expected.
+    pub const VERDICT: u8 = 1;
+    /// Bad command line.
+    pub const USAGE: u8 = 2;
+    /// `/dev/kvm` missing, not permitted, or unusable.
+    pub const KVM: u8 = 3;
+    /// A required capability is missing.
+    pub const CAP_MISSING: u8 = 4;
+    /// `KVM_ENABLE_CAP` refused a required capability.
+    pub const CAP_REFUSED: u8 = 5;
+    /// A data file (catalog, feature, scenario, profile, kernel image) is bad.
+    pub const INPUT: u8 = 6;
+    /// The VMM failed (setup error, guest that broke its contract).
+    pub const VMM: u8 = 7;
+    /// A report file could not be written.
+    pub const OUTPUT: u8 = 8;
+}
+
+/// The help text.
+pub const HELP: &str = "\
+kvmcap: negotiate KVM capabilities from data, run a guest, and show exactly what it sees.
+
+USAGE:
+    kvmcap caps [--json]
+        every capability of the running KVM, asked on /dev/kvm and on a VM
+    kvmcap probe --guest bare --feature F --backend none|user|kernel [--vcpus N]
+                 [--msr M ...] [--catalog] [--host-value NAME=VALUE ...]
+                 [--host-profile FILE] [--json] [--report PATH]
+        read MSRs in the bare long-mode guest on every vCPU and judge each reading
+        (default MSRs: the feature's)
+    kvmcap run SCENARIO [--backend B] [--vcpus N] [--json] [--report PATH]
+        run a scenario (a name in fixtures/scenarios/ or a .toml path); without
+        --backend, every backend the scenario supports
+
+COMMON OPTIONS:
+    --kvm PATH          the KVM device (default /dev/kvm)
+    --deadline-ms N     how long a guest may run (default 10000)
+    --max-vcpus N       refuse more vCPUs than this (default 64)
+    -h, --help          this help
+
+FEATURES: ppin, platform-info (fixtures/features/), or a path to a feature .toml.
+
+EXIT CODES:
+    0 every verdict as expected      1 a verdict is not as expected
+    2 usage                          3 /dev/kvm missing or not permitted
+    4 required capability missing    5 KVM_ENABLE_CAP refused
+    6 bad input file                 7 VMM failure      8 report not written
+";
+
+/// Parsed options shared by the commands.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The subcommand.
+    pub command: String,
+    /// Positional arguments after it.
+    pub positional: Vec<String>,
+    /// `--json`.
+    pub json: bool,
+    /// `--kvm`.
+    pub kvm: PathBuf,
+    /// `--guest`.
+    pub guest: Option<String>,
+    /// `--feature`.
+    pub feature: Option<String>,
+    /// `--backend`.
+    pub backend: Option<Backend>,
+    /// `--vcpus`.
+    pub vcpus: u8,
+    /// `--msr`.
+    pub msrs: Vec<String>,
+    /// `--catalog`.
+    pub catalog: bool,
+    /// `--host-value`.
+    pub host_values: Vec<String>,
+    /// `--host-profile`.
+    pub host_profile: Option<PathBuf>,
+    /// `--report`.
+    pub report: Option<PathBuf>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// A usage error.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Usage(pub String);
+
+/// Parses the command line (without the program name). `Ok(None)` means help was asked.
+pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
+    let mut it = args.iter();
+    let Some(command) = it.next() else {
+        return Ok(None);
+    };
+    if matches!(command.as_str(), "-h" | "--help" | "help") {
+        return Ok(None);
+    }
+    if !matches!(command.as_str(), "caps" | "probe" | "run") {
+        return Err(Usage(format!(
+            "unknown command `{command}` (expected caps, probe or run)"
+        )));
+    }
+    let mut o = Options {
+        command: command.clone(),
+        positional: Vec::new(),
+        json: false,
+        kvm: PathBuf::from("/dev/kvm"),
+        guest: None,
+        feature: None,
+        backend: None,
+        vcpus: 1,
+        msrs: Vec::new(),
+        catalog: false,
+        host_values: Vec::new(),
+        host_profile: None,
+        report: None,
+        limits: Limits::default(),
+    };
+    let mut vcpus_given = false;
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| Usage(format!("{flag} needs a value")))
+        };
+        match a.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--json" => o.json = true,
+            "--catalog" => o.catalog = true,
+            "--kvm" => o.kvm = value("--kvm")?.into(),
+            "--guest" => o.guest = Some(value("--guest")?),
+            "--feature" => o.feature = Some(value("--feature")?),
+            "--backend" => o.backend = Some(value("--backend")?.parse().map_err(Usage)?),
+            "--vcpus" => {
+                let v = value("--vcpus")?;
+                o.vcpus = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| Usage(format!("--vcpus `{v}`: expected 1..=255")))?;
+                vcpus_given = true;
+            }
+            "--msr" => o.msrs.push(value("--msr")?),
+            "--host-value" => o.host_values.push(value("--host-value")?),
+            "--host-profile" => o.host_profile = Some(value("--host-profile")?.into()),
+            "--report" => o.report = Some(value("--report")?.into()),
+            "--deadline-ms" => {
+                let v = value("--deadline-ms")?;
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=3_600_000).contains(n))
+                    .ok_or_else(|| Usage(format!("--deadline-ms `{v}`: expected 1..=3600000")))?;
+                o.limits.deadline = Duration::from_millis(ms);
+            }
+            "--max-vcpus" => {
+                let v = value("--max-vcpus")?;
+                o.limits.max_vcpus = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| Usage(format!("--max-vcpus `{v}`: expected 1..=255")))?;
+            }
+            s if s.starts_with('-') => return Err(Usage(format!("unknown option `{s}`"))),
+            s => o.positional.push(s.to_owned()),
+        }
+    }
+    if vcpus_given && o.vcpus > o.limits.max_vcpus {
+        return Err(Usage(format!(
+            "--vcpus {} exceeds --max-vcpus {}",
+            o.vcpus, o.limits.max_vcpus
+        )));
+    }
+    match o.command.as_str() {
+        "probe" => {
+            if o.guest.as_deref().unwrap_or("bare") != "bare" {
+                return Err(Usage("probe runs the bare guest (--guest bare); Linux guests run with `kvmcap verify`".into()));
+            }
+            if o.backend.is_none() {
+                return Err(Usage("probe needs --backend none|user|kernel".into()));
+            }
+        }
+        "run" if o.positional.len() != 1 => {
+            return Err(Usage("run needs exactly one SCENARIO".into()));
+        }
+        _ => {}
+    }
+    Ok(Some(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Option<Options>, Usage> {
+        parse(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn parses_and_refuses() {
+        let o = p("probe --guest bare --feature ppin --backend user --vcpus 2 --host-value MSR_PPIN=1 --json").unwrap().unwrap();
+        assert_eq!((o.vcpus, o.backend, o.json), (2, Some(Backend::User), true));
+        assert!(p("").unwrap().is_none());
+        assert!(p("--help").unwrap().is_none());
+        assert!(p("frobnicate").is_err());
+        assert!(p("probe --feature ppin").is_err());
+        assert!(p("probe --backend magic").is_err());
+        assert!(p("probe --backend none --vcpus 0").is_err());
+        assert!(p("probe --backend none --vcpus 9 --max-vcpus 4").is_err());
+        assert!(p("probe --backend none --deadline-ms 0").is_err());
+        assert!(p("probe --backend none --guest linux").is_err());
+        assert!(p("run").is_err());
+        assert!(p("caps --bogus").is_err());
+        assert!(p("probe --backend none --msr").is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! `kvmcap probe --guest bare`: read MSRs in the bare guest on every vCPU and judge each
+//! reading against the feature model (the feature's MSRs) or the host (everything else).
+
+use std::path::PathBuf;
+
+use crate::backend::{build_model, Backend};
+use crate::bare::{MsrOp, OpResult};
+use crate::compare::{against_host, against_model, Verdict};
+use crate::feature::FeatureSpec;
+use crate::host::HostSources;
+use crate::report::{Report, Row, RunFingerprint};
+use crate::vmm::machine::{run_bare, BareOutcome, BareRequest, Limits, VmmError};
+use crate::vmm::vcpu::VcpuEnd;
+use msr_probe::{Catalog, Fingerprint, MsrIndex, Reading, Rule, Unavailable};
+
+/// What to probe.
+pub struct ProbeRequest<'a> {
+    /// The KVM device.
+    pub kvm_path: PathBuf,
+    /// The feature.
+    pub feature: Option<&'a FeatureSpec>,
+    /// The backend.
+    pub backend: Backend,
+    /// vCPU count.
+    pub vcpus: u8,
+    /// The MSRs to read, in order.
+    pub msrs: Vec<MsrIndex>,
+    /// Host sources.
+    pub host: &'a HostSources,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// The guest's reading of op `i` on a vCPU, or why there is none.
+pub fn guest_reading(outcome: &BareOutcome, cpu: usize, i: usize, op: &MsrOp) -> Reading {
+    match outcome.results.get(cpu) {
+        Some(Ok(results)) => match results.get(i) {
+            Some(r) => OpResult::reading(*r, op),
+            None => Reading::Unavailable(Unavailable::Io(format!(
+                "guest stopped before this operation ({})",
+                end_word(outcome.ends.get(cpu))
+            ))),
+        },
+        Some(Err(e)) => Reading::Unavailable(Unavailable::Io(e.to_string())),
+        None => Reading::Unavailable(Unavailable::NoSuchCpu),
+    }
+}
+
+fn end_word(e: Option<&VcpuEnd>) -> String {
+    e.map_or("no end".into(), |e| format!("{e:?}"))
+}
+
+/// The fingerprint of a run on this host.
+pub fn fingerprint(
+    outcome: &BareOutcome,
+    feature: Option<&FeatureSpec>,
+    backend: Backend,
+    guest: &str,
+    host: &HostSources,
+) -> RunFingerprint {
+    let me = Fingerprint::of_running_system();
+    RunFingerprint {
+        kernel: me.kernel,
+        cpu_vendor: me.cpu_vendor,
+        cpu_model: me.cpu_model,
+        guest_vendor: outcome.vendor,
+        guest: guest.into(),
+        feature: feature.map(|f| f.name.clone()),
+        backend,
+        vcpus: outcome.ends.len(),
+        host_sources: host.describe(),
+    }
+}
+
+/// The host's value of `index`; for a PPIN value MSR the host's PPIN under either vendor's
+/// index (it is one number, read through whichever pair the CPU has).
+pub fn host_value(
+    host: &HostSources,
+    feature: Option<&FeatureSpec>,
+    cpu: u32,
+    index: MsrIndex,
+    catalog: &Catalog,
+) -> Option<crate::host::HostValue> {
+    if let Some(v) = host.get(cpu, index) {
+        return Some(v);
+    }
+    let f = feature?;
+    if !f.pairs.iter().any(|p| p.value == index) {
+        return None;
+    }
+    let others: Vec<MsrIndex> = f.pairs.iter().map(|p| p.value).collect();
+    host.first_value(&others)
+        .map(|(i, v, source)| crate::host::HostValue {
+            reading: Reading::Value(v),
+            source: format!("{source}, as {}", catalog.name_of(i)),
+        })
+}
+
+/// Runs the probe and builds its report.
+pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, VmmError> {
+    let ops: Vec<MsrOp> = req
+        .msrs
+        .iter()
+        .map(|&index| MsrOp::Read { index })
+        .collect();
+    let outcome = run_bare(&BareRequest {
+        kvm_path: req.kvm_path.clone(),
+        feature: req.feature,
+        backend: req.backend,
+        ops: vec![ops.clone(); usize::from(req.vcpus)],
+        host: req.host,
+        cap_args: None,
+        initial: Vec::new(),
+        limits: req.limits,
+    })?;
+    let feature_msrs = req.feature.map(FeatureSpec::msrs).unwrap_or_default();
+    let mut oracle = match (req.feature, &outcome.model_inputs) {
+        (Some(f), Some(inputs)) => Some(build_model(f, inputs)),
+        _ => None,
+    };
+    let mut readings = Vec::new();
+    for cpu in 0..usize::from(req.vcpus) {
+        for (i, op) in ops.iter().enumerate() {
+            let index = req.msrs[i];
+            let guest = guest_reading(&outcome, cpu, i, op);
+            let host = host_value(req.host, req.feature, cpu as u32, index, catalog);
+            let (expected, verdict) = match (&mut oracle, feature_msrs.contains(&index)) {
+                (Some(model), true) => {
+                    let expected = match model.read(index) {
+                        Ok(v) => Reading::Value(v),
+                        Err(f) => Reading::Fault(f),
+                    };
+                    let v = match &guest {
+                        Reading::Unavailable(u) => Verdict::NotRun {
+                            reason: u.to_string(),
+                        },
+                        g => against_model(g, &expected),
+                    };
+                    (Some(expected), v)
+                }
+                _ => {
+                    let rule = catalog.get(index).map_or(Rule::Equal, |e| e.rule.clone());
+                    let v = match &guest {
+                        Reading::Unavailable(u) => Verdict::NotRun {
+                            reason: u.to_string(),
+                        },
+                        g => against_host(g, host.as_ref().map(|h| &h.reading), &rule),
+                    };
+                    (None, v)
+                }
+            };
+            readings.push(Row {
+                cpu: cpu as u32,
+                index,
+                name: catalog.name_of(index).to_owned(),
+                guest,
+                host,
+                expected,
+                verdict,
+            });
+        }
+    }
+    Ok(Report {
+        fingerprint: fingerprint(&outcome, req.feature, req.backend, "bare", req.host),
+        negotiation: outcome.negotiation.clone(),
+        vcpus: outcome.ends.clone(),
+        readings,
+        notes: outcome
+            .stray_io
+            .iter()
+            .map(|s| format!("unexpected guest I/O: {s}"))
+            .collect(),
+        elapsed_ms: outcome.elapsed.as_secs_f64() * 1000.0,
+    })
+}

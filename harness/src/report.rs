@@ -1,0 +1,311 @@
+//! Reports: every verdict plus a fingerprint of the run, as a table for people, JSON for
+//! machines, and a machine-independent view for snapshots. Files are written atomically.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::compare::Verdict;
+use crate::feature::FeatureSpec;
+use crate::host::HostValue;
+use crate::negotiate::NegotiationStep;
+use crate::vmm::cpuid::CpuVendor;
+use crate::vmm::vcpu::VcpuEnd;
+use msr_probe::{MsrIndex, Reading};
+
+/// What the run was: enough to reproduce it and to know which host it describes.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunFingerprint {
+    /// The running kernel (`uname -r`).
+    pub kernel: String,
+    /// Host CPU vendor string.
+    pub cpu_vendor: String,
+    /// Host CPU model.
+    pub cpu_model: String,
+    /// The guest's CPUID vendor.
+    pub guest_vendor: CpuVendor,
+    /// `bare` or `linux`.
+    pub guest: String,
+    /// The feature, if any.
+    pub feature: Option<String>,
+    /// The backend.
+    pub backend: Backend,
+    /// vCPU count.
+    pub vcpus: usize,
+    /// The host sources consulted, in order.
+    pub host_sources: Vec<String>,
+}
+
+/// One (cpu, msr) of a report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// The vCPU.
+    pub cpu: u32,
+    /// The MSR.
+    pub index: MsrIndex,
+    /// Its catalog name.
+    pub name: String,
+    /// What the guest saw.
+    pub guest: Reading,
+    /// The host's value and its source.
+    pub host: Option<HostValue>,
+    /// The feature model's prediction, for the feature's own MSRs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<Reading>,
+    /// The verdict.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// A whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The run.
+    pub fingerprint: RunFingerprint,
+    /// Capability negotiation, step by step.
+    pub negotiation: Vec<NegotiationStep>,
+    /// How each vCPU ended.
+    pub vcpus: Vec<VcpuEnd>,
+    /// Every reading with its verdict.
+    pub readings: Vec<Row>,
+    /// Extra facts (e.g. the guest kernel's topology/ppin per CPU).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Milliseconds from VM creation to the last vCPU's end.
+    pub elapsed_ms: f64,
+}
+
+impl Report {
+    /// Whether every verdict is as expected.
+    pub fn ok(&self) -> bool {
+        self.readings.iter().all(|r| r.verdict.ok())
+    }
+
+    /// The number of failed verdicts.
+    pub fn failures(&self) -> usize {
+        self.readings.iter().filter(|r| !r.verdict.ok()).count()
+    }
+
+    /// The table people read.
+    pub fn table(&self) -> String {
+        let f = &self.fingerprint;
+        let mut out = format!(
+            "kvmcap: guest {} on {} vCPU(s), feature {}, backend {}, guest CPU {:?}; host {} ({}), kernel {}\n",
+            f.guest,
+            f.vcpus,
+            f.feature.as_deref().unwrap_or("none"),
+            f.backend,
+            f.guest_vendor,
+            f.cpu_model,
+            f.cpu_vendor,
+            f.kernel
+        );
+        for s in &self.negotiation {
+            out.push_str(&format!(
+                "  {} ({}): checked system={} vm={}{}\n",
+                s.cap,
+                s.number,
+                s.system,
+                s.vm,
+                match (&s.args, &s.enabled) {
+                    (Some(a), Some(e)) => format!(", enabled with {a:?}: {e}"),
+                    _ => String::new(),
+                }
+            ));
+        }
+        out.push_str(&format!(
+            "{:<4} {:<12} {:<24} {:<20} {:<30} VERDICT\n",
+            "CPU", "MSR", "NAME", "GUEST", "HOST (SOURCE)"
+        ));
+        for r in &self.readings {
+            let host = match &r.host {
+                Some(h) => format!("{} ({})", short(&h.reading), h.source),
+                None => "-".to_owned(),
+            };
+            out.push_str(&format!(
+                "{:<4} {:<12} {:<24} {:<20} {:<30} {}\n",
+                r.cpu,
+                r.index.to_string(),
+                r.name,
+                short(&r.guest),
+                host,
+                r.verdict.word()
+            ));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("note: {n}\n"));
+        }
+        for (cpu, e) in self.vcpus.iter().enumerate() {
+            if !matches!(e, VcpuEnd::Done { .. }) {
+                out.push_str(&format!("vCPU {cpu} ended: {e:?}\n"));
+            }
+        }
+        let failures = self.failures();
+        out.push_str(&format!(
+            "{}: {} readings, {} failed, {:.1} ms\n",
+            if failures == 0 { "PASS" } else { "FAIL" },
+            self.readings.len(),
+            failures,
+            self.elapsed_ms
+        ));
+        out
+    }
+
+    /// The machine-independent view for snapshots: host-specific values become relations,
+    /// the feature's MSRs are named by role (the pair the guest's CPUID announces, or the
+    /// other), values the VMM supplies stay literal.
+    pub fn snapshot_view(&self, feature: Option<&FeatureSpec>) -> SnapshotView {
+        let role = |index: MsrIndex| -> Option<String> {
+            let f = feature?;
+            f.pairs.iter().find_map(|p| {
+                let side = if p.vendor == self.fingerprint.guest_vendor {
+                    "announced"
+                } else {
+                    "other"
+                };
+                if p.ctl == index {
+                    Some(format!("{side}.ctl"))
+                } else if p.value == index {
+                    Some(format!("{side}.value"))
+                } else {
+                    None
+                }
+            })
+        };
+        let readings = self
+            .readings
+            .iter()
+            .map(|r| {
+                let (name, guest) = match role(r.index) {
+                    Some(role) => (role, short(&r.guest)),
+                    None => {
+                        let rel = match (&r.guest, &r.verdict) {
+                            (Reading::Fault(_), _) => "#GP".to_owned(),
+                            (_, Verdict::Match) => "== host".to_owned(),
+                            (_, Verdict::WithinRule { rule }) => format!("~ host ({rule})"),
+                            (Reading::Value(_), _)
+                                if feature.is_some_and(|f| f.msrs().contains(&r.index)) =>
+                            {
+                                short(&r.guest)
+                            }
+                            (Reading::Value(_), _) => "value".to_owned(),
+                            (Reading::Unavailable(u), _) => format!("unavailable: {u}"),
+                        };
+                        (r.name.clone(), rel)
+                    }
+                };
+                SnapshotRow {
+                    cpu: r.cpu,
+                    msr: name,
+                    guest,
+                    verdict: r.verdict.word(),
+                }
+            })
+            .collect();
+        SnapshotView {
+            guest: self.fingerprint.guest.clone(),
+            feature: self.fingerprint.feature.clone(),
+            backend: self.fingerprint.backend,
+            vcpus: self
+                .vcpus
+                .iter()
+                .map(|e| match e {
+                    VcpuEnd::Done { .. } => "done".to_owned(),
+                    other => format!("{other:?}"),
+                })
+                .collect(),
+            negotiation: self
+                .negotiation
+                .iter()
+                .map(|s| format!("{}: {}", s.cap, s.enabled.as_deref().unwrap_or("checked")))
+                .collect(),
+            readings,
+            pass: self.ok(),
+        }
+    }
+}
+
+fn short(r: &Reading) -> String {
+    match r {
+        Reading::Value(v) => format!("{v:#x}"),
+        Reading::Fault(_) => "#GP".to_owned(),
+        Reading::Unavailable(u) => format!("unavailable: {u}"),
+    }
+}
+
+/// A report as snapshots store it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotView {
+    /// Guest kind.
+    pub guest: String,
+    /// Feature.
+    pub feature: Option<String>,
+    /// Backend.
+    pub backend: Backend,
+    /// How each vCPU ended.
+    pub vcpus: Vec<String>,
+    /// Negotiation outcomes.
+    pub negotiation: Vec<String>,
+    /// Rows.
+    pub readings: Vec<SnapshotRow>,
+    /// Overall.
+    pub pass: bool,
+}
+
+/// One row of a snapshot.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotRow {
+    /// vCPU.
+    pub cpu: u32,
+    /// The MSR's name or role.
+    pub msr: String,
+    /// The guest's reading or its relation to the host.
+    pub guest: String,
+    /// The verdict.
+    pub verdict: String,
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_file_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        assert!(write_atomic(&d.path().join("missing/dir/r.json"), b"x").is_err());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}
