@@ -457,6 +457,9 @@ impl ScenarioReport {
                 .ends
                 .iter()
                 .map(|e| match e {
+                    // An idle vCPU (no steps) may finish before another ends the VM, or be
+                    // stopped by it: both are the same outcome.
+                    VcpuEnd::Done { ops: 0 } | VcpuEnd::Stopped => "idle".to_owned(),
                     VcpuEnd::Done { ops } => format!("done({ops})"),
                     other => format!("{other:?}"),
                 })

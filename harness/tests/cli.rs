@@ -1,0 +1,238 @@
+//! The `kvmcap` binary as a user runs it: output, one-line errors and exit codes.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn kvmcap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvmcap"))
+        .args(args)
+        .output()
+        .expect("kvmcap runs")
+}
+
+fn one_line_error(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "want one line, got: {err}"
+    );
+    assert!(err.starts_with("kvmcap: "), "{err}");
+    err
+}
+
+#[test]
+fn missing_kvm_device_is_exit_3_with_a_hint() {
+    let o = kvmcap(&["caps", "--kvm", "/nonexistent/kvm"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(one_line_error(&o).contains("kvm_amd"));
+    let o = kvmcap(&["probe", "--backend", "none", "--kvm", "/nonexistent/kvm"]);
+    assert_eq!(o.status.code(), Some(3));
+}
+
+#[test]
+fn usage_errors_are_exit_2() {
+    for args in [
+        &["frobnicate"][..],
+        &["probe"],
+        &["probe", "--backend", "x"],
+        &["run"],
+        &["probe", "--backend", "user", "--msr", "NOPE"],
+    ] {
+        let o = kvmcap(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        one_line_error(&o);
+    }
+    let o = kvmcap(&["--help"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("EXIT CODES"));
+}
+
+#[test]
+fn bad_input_files_are_exit_6() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("bad.toml");
+    std::fs::write(&p, "name = 'x'\nfeature = 'ppin'\nbackends = ['user']\n[[case]]\nname='c'\nsteps=[{read='value'}]\n").unwrap();
+    let o = kvmcap(&["run", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(one_line_error(&o).contains("needs `expect`"));
+    let o = kvmcap(&["run", "no-such-scenario"]);
+    assert_eq!(o.status.code(), Some(6));
+    let f = d.path().join("feature.toml");
+    std::fs::write(&f, "name='x'\nmodel='ppin'\n[capability]\nname='KVM_CAP_PPIN'\n[[pair]]\nvendor='amd'\nctl='MSR_AMD_PPIN_CTL'\nvalue='NOPE'\ncpuid={leaf=1,register='ebx',bit=1}\n").unwrap();
+    let o = kvmcap(&[
+        "probe",
+        "--backend",
+        "none",
+        "--feature",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(6));
+    one_line_error(&o);
+}
+
+#[test]
+fn caps_names_the_capabilities_kvmcap_uses() {
+    if common::kvm().is_none() {
+        return;
+    }
+    let o = kvmcap(&["caps"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("KVM_CAP_X86_USER_SPACE_MSR"), "{out}");
+    assert!(out.contains("KVM_CAP_MSR_PLATFORM_INFO"), "{out}");
+    let o = kvmcap(&["caps", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["number"] == 188 && r["system"] == 1));
+}
+
+#[test]
+fn probe_json_shows_the_value_on_both_vcpus_and_none_shows_gp() {
+    if common::kvm().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let report = d.path().join("r.json");
+    let o = kvmcap(&[
+        "probe",
+        "--guest",
+        "bare",
+        "--feature",
+        "ppin",
+        "--backend",
+        "user",
+        "--vcpus",
+        "2",
+        "--host-value",
+        "MSR_PPIN=0x1122334455667788",
+        "--json",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        j,
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&report).unwrap()).unwrap()
+    );
+    let seen: Vec<(u64, bool)> = j["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["guest"]["value"] == 0x1122334455667788u64)
+        .map(|r| (r["cpu"].as_u64().unwrap(), r["verdict"] == "match"))
+        .collect();
+    assert_eq!(seen, vec![(0, true), (1, true)]);
+
+    let o = kvmcap(&[
+        "probe",
+        "--guest",
+        "bare",
+        "--feature",
+        "ppin",
+        "--backend",
+        "none",
+        "--vcpus",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(j["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["guest"]["fault"] == "GP"));
+}
+
+#[test]
+fn whole_catalog_probe_runs_on_two_vcpus() {
+    if common::kvm().is_none() {
+        return;
+    }
+    let o = kvmcap(&[
+        "probe",
+        "--guest",
+        "bare",
+        "--backend",
+        "none",
+        "--catalog",
+        "--vcpus",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let n = msr_probe::Catalog::builtin().unwrap().entries().len();
+    assert_eq!(j["readings"].as_array().unwrap().len(), 2 * n);
+    assert!(j["vcpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["end"] == "done"));
+}
+
+#[test]
+fn missing_capability_is_exit_4_naming_it() {
+    if common::kvm().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("absent.toml");
+    std::fs::write(&f, "name='absent'\nmodel='kvm-msr'\n[capability]\nname='KVM_CAP_TEST_ABSENT'\nnumber=4000\nargs=[1]\n[[kvm_msr]]\nmsr='MSR_PLATFORM_INFO'\ndefault=0\n").unwrap();
+    let o = kvmcap(&[
+        "probe",
+        "--backend",
+        "kernel",
+        "--feature",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(4));
+    let e = one_line_error(&o);
+    assert!(
+        e.contains("unknown(4000) (4000)") && e.contains("running kernel"),
+        "{e}"
+    );
+}
+
+#[test]
+fn scenario_run_writes_its_report_and_passes() {
+    if common::kvm().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let report = d.path().join("s.json");
+    let o = kvmcap(&[
+        "run",
+        "ppin-ctl-states",
+        "--backend",
+        "user",
+        "--vcpus",
+        "2",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("PASS"));
+    assert!(report.exists());
+}

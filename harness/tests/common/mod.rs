@@ -1,0 +1,33 @@
+//! Test support: requirements that skip with a printed reason, or fail under
+//! `KVMCAP_REQUIRE_ALL=1` (CI), so a skip can never hide in CI.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// Whether every requirement must be present.
+pub fn require_all() -> bool {
+    std::env::var("KVMCAP_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// Skips (returns false) or fails the test when `ok` is false.
+pub fn require(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if require_all() {
+        panic!("requirement missing: {what} (KVMCAP_REQUIRE_ALL=1)");
+    }
+    eprintln!("SKIP: requirement missing: {what}");
+    false
+}
+
+/// `/dev/kvm`, if it can be opened read-write.
+pub fn kvm() -> Option<PathBuf> {
+    let p = PathBuf::from("/dev/kvm");
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .is_ok();
+    require(ok, "/dev/kvm (read-write)").then_some(p)
+}
