@@ -5,9 +5,10 @@
 //! the guest reports done on [`DONE_PORT`]. The results area is guest-written memory: it is
 //! parsed with bounds checks and nothing in it is trusted.
 
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::kvm_regs;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::vmm::boot;
 use msr_probe::{Fault, MsrIndex, Reading};
 
 /// The probe's code, assembled from `probe.S` at build time.
@@ -18,10 +19,6 @@ pub const DONE_PORT: u16 = 0x510;
 /// The guest writes an unexpected exception's vector here, then halts.
 pub const FAULT_PORT: u16 = 0x511;
 
-const GDT_ADDR: u64 = 0x1000;
-const PML4_ADDR: u64 = 0x2000;
-const PDPT_ADDR: u64 = 0x3000;
-const PD_ADDR: u64 = 0x4000;
 const CODE_ADDR: u64 = 0x8000;
 const CODE_MAX: usize = 0x8000;
 const IDT_BASE: u64 = 0x2_0000;
@@ -149,26 +146,12 @@ fn mem_err(e: vm_memory::GuestMemoryError) -> String {
     e.to_string()
 }
 
-/// Writes page tables (identity map of the first 1 GiB with 2 MiB pages), the GDT and the
-/// probe code.
+/// Writes the long-mode tables (see [`crate::vmm::boot`]) and the probe code.
 pub fn load_image(mem: &GuestMemoryMmap) -> Result<(), String> {
     if PROBE_IMAGE.len() > CODE_MAX {
         return Err("probe image too large".into());
     }
-    // GDT: null, 64-bit code (0x08), data (0x10).
-    let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
-    for (i, d) in gdt.iter().enumerate() {
-        mem.write_obj(*d, GuestAddress(GDT_ADDR + 8 * i as u64))
-            .map_err(mem_err)?;
-    }
-    mem.write_obj(PDPT_ADDR | 0x3, GuestAddress(PML4_ADDR))
-        .map_err(mem_err)?;
-    mem.write_obj(PD_ADDR | 0x3, GuestAddress(PDPT_ADDR))
-        .map_err(mem_err)?;
-    for i in 0..512u64 {
-        mem.write_obj((i << 21) | 0x83, GuestAddress(PD_ADDR + 8 * i))
-            .map_err(mem_err)?;
-    }
+    boot::write_tables(mem).map_err(mem_err)?;
     mem.write_slice(PROBE_IMAGE, GuestAddress(CODE_ADDR))
         .map_err(mem_err)
 }
@@ -219,46 +202,6 @@ pub fn regs(cpu: u8, nops: usize) -> kvm_regs {
         r8: IDT_BASE + PAGE * u64::from(cpu),
         ..Default::default()
     }
-}
-
-/// Long-mode segment and control registers, on top of the vCPU's current `sregs` (which keep
-/// KVM's APIC base and the like).
-pub fn sregs(mut s: kvm_sregs) -> kvm_sregs {
-    let code = kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector: 0x08,
-        type_: 0xb,
-        present: 1,
-        dpl: 0,
-        db: 0,
-        s: 1,
-        l: 1,
-        g: 1,
-        ..Default::default()
-    };
-    let data = kvm_segment {
-        selector: 0x10,
-        type_: 0x3,
-        db: 1,
-        l: 0,
-        ..code
-    };
-    s.cs = code;
-    s.ds = data;
-    s.es = data;
-    s.fs = data;
-    s.gs = data;
-    s.ss = data;
-    s.gdt.base = GDT_ADDR;
-    s.gdt.limit = 23;
-    s.idt.base = 0;
-    s.idt.limit = 0;
-    s.cr3 = PML4_ADDR;
-    s.cr4 = 1 << 5; // PAE
-    s.cr0 = 0x8000_0033; // PG | NE | ET | MP | PE
-    s.efer = 0x500; // LMA | LME
-    s
 }
 
 /// Reads and validates vCPU `cpu`'s results for `ops`. Returns one entry per operation the

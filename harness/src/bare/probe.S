@@ -31,10 +31,10 @@
 	.globl kvmcap_probe_start
 	.globl kvmcap_probe_end
 kvmcap_probe_start:
-	/* IDT entry 13 (#GP): interrupt gate, present, DPL 0, selector 0x08. */
+	/* IDT entry 13 (#GP): interrupt gate, present, DPL 0, selector 0x10. */
 	lea	gp_handler(%rip), %rax
 	mov	%ax, 13*16+0(%r8)		/* offset 15:0 */
-	movw	$0x08, 13*16+2(%r8)		/* code selector */
+	movw	$0x10, 13*16+2(%r8)		/* __BOOT_CS, see vmm/boot.rs */
 	movw	$0x8e00, 13*16+4(%r8)		/* P=1, DPL=0, type 0xe */
 	shr	$16, %rax
 	mov	%ax, 13*16+6(%r8)		/* offset 31:16 */

@@ -451,7 +451,7 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
         vcpu.set_cpuid2(&table)
             .map_err(vcpu_err(cpu, "KVM_SET_CPUID2"))?;
         let sregs = vcpu.get_sregs().map_err(vcpu_err(cpu, "KVM_GET_SREGS"))?;
-        vcpu.set_sregs(&bare::sregs(sregs))
+        vcpu.set_sregs(&crate::vmm::boot::long_mode_sregs(sregs))
             .map_err(vcpu_err(cpu, "KVM_SET_SREGS"))?;
         vcpu.set_regs(&bare::regs(cpu, req.ops[usize::from(cpu)].len()))
             .map_err(vcpu_err(cpu, "KVM_SET_REGS"))?;

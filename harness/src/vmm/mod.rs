@@ -1,5 +1,6 @@
 //! The VMM: VM construction, vCPU threads and exit dispatch, on top of the KVM layer.
 
+pub mod boot;
 pub mod cpuid;
 pub mod machine;
 pub mod vcpu;
