@@ -309,51 +309,82 @@ fn vcpu_err(cpu: u8, what: &str) -> impl Fn(vmm_sys_util::errno::Error) -> VmmEr
     }
 }
 
-/// Runs the bare probe guest as `req` says.
-pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
-    let start = Instant::now();
-    let count = req.ops.len();
-    if count == 0 || count > usize::from(req.limits.max_vcpus.min(bare::MAX_VCPUS)) {
-        return Err(VmmError::Request(format!(
-            "{count} vCPUs: expected 1..={}",
-            req.limits.max_vcpus.min(bare::MAX_VCPUS)
-        )));
-    }
-    let count_u8 = count as u8;
-    let kvm = KvmSystem::open(&req.kvm_path)?;
-    if count > kvm.max_vcpus() {
-        return Err(VmmError::Request(format!(
-            "{count} vCPUs: KVM allows {}",
-            kvm.max_vcpus()
-        )));
-    }
+/// A feature's model shared by every vCPU of a VM.
+pub type SharedModel = Arc<Mutex<Box<dyn MsrModel>>>;
+
+/// How a feature is put into a VM, for any guest.
+#[derive(Clone, Copy)]
+pub struct FeatureRun<'a> {
+    /// The feature.
+    pub feature: Option<&'a FeatureSpec>,
+    /// The backend.
+    pub backend: Backend,
+    /// Host values.
+    pub host: &'a HostSources,
+    /// Enable arguments overriding the feature spec's.
+    pub cap_args: Option<[u64; 4]>,
+    /// MSR state the VMM establishes before the guest runs (host-initiated writes).
+    pub initial: &'a [(MsrIndex, u64)],
+}
+
+/// A VM with its capabilities negotiated and its feature wired, before any vCPU exists.
+pub struct Prepared {
+    /// The VM, still without vCPUs.
+    pub vm: VmSetup,
+    /// Everything else the vCPUs and the report need.
+    pub ctx: VmContext,
+}
+
+/// What negotiation and feature wiring produced, besides the VM itself.
+pub struct VmContext {
+    /// The KVM system fd.
+    pub kvm: KvmSystem,
+    /// KVM's supported CPUID.
+    pub supported: kvm_bindings::CpuId,
+    /// The guest's vendor.
+    pub vendor: CpuVendor,
+    /// What negotiation did.
+    pub negotiation: Vec<NegotiationStep>,
+    /// The user backend's model.
+    pub model: Option<SharedModel>,
+    /// The model inputs in force (the oracle's starting state).
+    pub inputs: Option<ModelInputs>,
+    /// MSR values KVM serves (kernel backend), set on every vCPU.
+    pub kvm_values: Vec<(MsrIndex, u64)>,
+    on: Vec<CpuidBit>,
+    off: Vec<CpuidBit>,
+}
+
+/// Opens KVM, creates the VM, negotiates the feature's capabilities, installs the MSR filter
+/// and model (backend user) and the in-kernel irqchip.
+pub fn prepare(kvm_path: &std::path::Path, run: FeatureRun<'_>) -> Result<Prepared, VmmError> {
+    let kvm = KvmSystem::open(kvm_path)?;
     let supported = kvm.supported_cpuid()?;
     let vendor = cpuid::vendor(&supported);
-    let args = req
+    let args = run
         .cap_args
-        .or(req.feature.map(|f| f.capability.args))
+        .or(run.feature.map(|f| f.capability.args))
         .unwrap_or([0; 4]);
-    let inputs = match req.feature {
+    let inputs = match run.feature {
         Some(f) => Some(model_inputs(
             f,
-            req.backend,
+            run.backend,
             vendor,
-            req.host,
+            run.host,
             args,
-            &req.initial,
+            run.initial,
         )?),
         None => None,
     };
-
     let vm: VmSetup = kvm.create_vm()?;
-    let requests = cap_requests(req.feature, req.backend, req.cap_args);
+    let requests = cap_requests(run.feature, run.backend, run.cap_args);
     let negotiation = negotiate(&kvm, &vm, &requests)
         .map_err(|(steps, error)| VmmError::Negotiation { steps, error })?;
 
-    let model: Option<Arc<Mutex<Box<dyn MsrModel>>>> = match (req.backend, req.feature, &inputs) {
+    let model: Option<SharedModel> = match (run.backend, run.feature, &inputs) {
         (Backend::User, Some(f), Some(inp)) => {
             let mut m = build_model(f, inp);
-            for (i, v) in &req.initial {
+            for (i, v) in run.initial {
                 if m.handles(*i) {
                     m.restore(*i, *v).map_err(VmmError::Request)?;
                 }
@@ -385,7 +416,6 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
         }
         _ => None,
     };
-
     vm.fd()
         .set_tss_address(0xfffb_d000)
         .map_err(|source| KvmError::Ioctl {
@@ -398,17 +428,10 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
             ioctl: "KVM_CREATE_IRQCHIP".into(),
             source,
         })?;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bare::memory_size(count_u8))])
-        .map_err(|e| KvmError::Memory(e.to_string()))?;
-    vm.register_memory(&mem)?;
-    bare::load_image(&mem).map_err(VmmError::Request)?;
-    for (cpu, ops) in req.ops.iter().enumerate() {
-        bare::load_ops(&mem, cpu as u8, ops).map_err(VmmError::Request)?;
-    }
 
     // Values KVM serves for the kernel backend, set host-initiated before the guest runs.
     let mut kvm_values: Vec<(MsrIndex, u64)> = Vec::new();
-    if let (Backend::Kernel, Some(f), Some(inp)) = (req.backend, req.feature, &inputs) {
+    if let (Backend::Kernel, Some(f), Some(inp)) = (run.backend, run.feature, &inputs) {
         match f.model {
             ModelKind::KvmMsr => {
                 for k in &f.kvm_msrs {
@@ -429,27 +452,90 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
                 }
             }
         }
-        for (i, v) in &req.initial {
+        for (i, v) in run.initial {
             if !kvm_values.iter().any(|(k, _)| k == i) {
                 kvm_values.push((*i, *v));
             }
         }
     }
+    let (on, off) = cpuid_bits(run.feature, run.backend, vendor);
+    Ok(Prepared {
+        vm,
+        ctx: VmContext {
+            kvm,
+            supported,
+            vendor,
+            negotiation,
+            model,
+            inputs,
+            kvm_values,
+            on,
+            off,
+        },
+    })
+}
 
-    let (on, off) = cpuid_bits(req.feature, req.backend, vendor);
-    let (vm_ready, vcpus) = vm.create_vcpus(count_u8)?;
-    let mut runnable = Vec::with_capacity(count);
-    for (cpu, vcpu) in vcpus.into_iter().enumerate() {
-        let cpu = cpu as u8;
-        let table = cpuid::for_vcpu(&supported, cpu, count_u8, &on, &off).map_err(|error| {
-            VmmError::Vcpu {
-                cpu,
-                what: "CPUID".into(),
-                error,
-            }
-        })?;
+impl VmContext {
+    /// Per-vCPU state every guest needs: CPUID (APIC ID, feature bits) and the feature's MSRs.
+    pub fn setup_vcpu(&self, vcpu: &VcpuFd, cpu: u8, count: u8) -> Result<(), VmmError> {
+        let table =
+            cpuid::for_vcpu(&self.supported, cpu, count, &self.on, &self.off).map_err(|error| {
+                VmmError::Vcpu {
+                    cpu,
+                    what: "CPUID".into(),
+                    error,
+                }
+            })?;
         vcpu.set_cpuid2(&table)
             .map_err(vcpu_err(cpu, "KVM_SET_CPUID2"))?;
+        set_msrs(vcpu, cpu, &self.kvm_values)
+    }
+}
+
+/// Checks a vCPU count against the limits and KVM.
+pub fn check_vcpus(count: usize, limits: &Limits, layout_max: u8) -> Result<u8, VmmError> {
+    let max = limits.max_vcpus.min(layout_max);
+    if count == 0 || count > usize::from(max) {
+        return Err(VmmError::Request(format!(
+            "{count} vCPUs: expected 1..={max}"
+        )));
+    }
+    Ok(count as u8)
+}
+
+/// Runs the bare probe guest as `req` says.
+pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
+    let start = Instant::now();
+    let count = check_vcpus(req.ops.len(), &req.limits, bare::MAX_VCPUS)?;
+    let prep = prepare(
+        &req.kvm_path,
+        FeatureRun {
+            feature: req.feature,
+            backend: req.backend,
+            host: req.host,
+            cap_args: req.cap_args,
+            initial: &req.initial,
+        },
+    )?;
+    let Prepared { vm, ctx } = prep;
+    if usize::from(count) > ctx.kvm.max_vcpus() {
+        return Err(VmmError::Request(format!(
+            "{count} vCPUs: KVM allows {}",
+            ctx.kvm.max_vcpus()
+        )));
+    }
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bare::memory_size(count))])
+        .map_err(|e| KvmError::Memory(e.to_string()))?;
+    vm.register_memory(&mem)?;
+    bare::load_image(&mem).map_err(VmmError::Request)?;
+    for (cpu, ops) in req.ops.iter().enumerate() {
+        bare::load_ops(&mem, cpu as u8, ops).map_err(VmmError::Request)?;
+    }
+    let (vm_ready, vcpus) = vm.create_vcpus(count)?;
+    let mut runnable = Vec::with_capacity(usize::from(count));
+    for (cpu, vcpu) in vcpus.into_iter().enumerate() {
+        let cpu = cpu as u8;
+        ctx.setup_vcpu(&vcpu, cpu, count)?;
         let sregs = vcpu.get_sregs().map_err(vcpu_err(cpu, "KVM_GET_SREGS"))?;
         vcpu.set_sregs(&crate::vmm::boot::long_mode_sregs(sregs))
             .map_err(vcpu_err(cpu, "KVM_SET_SREGS"))?;
@@ -459,11 +545,10 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
             mp_state: KVM_MP_STATE_RUNNABLE,
         })
         .map_err(vcpu_err(cpu, "KVM_SET_MP_STATE"))?;
-        set_msrs(&vcpu, cpu, &kvm_values)?;
         runnable.push((
             vcpu,
             BareHandler {
-                model: model.clone(),
+                model: ctx.model.clone(),
                 stray: Vec::new(),
             },
         ));
@@ -482,12 +567,12 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
         .take(MAX_STRAY)
         .collect();
     Ok(BareOutcome {
-        negotiation,
-        vendor,
+        negotiation: ctx.negotiation,
+        vendor: ctx.vendor,
         ends: summary.ends,
         results,
         stray_io,
-        model_inputs: inputs,
+        model_inputs: ctx.inputs,
         elapsed: start.elapsed(),
     })
 }

@@ -3,4 +3,5 @@
 pub mod boot;
 pub mod cpuid;
 pub mod machine;
+pub mod mptable;
 pub mod vcpu;
