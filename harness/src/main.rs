@@ -12,6 +12,7 @@ use kvmcap::negotiate::NegotiationError;
 use kvmcap::probe::{probe_bare, ProbeRequest};
 use kvmcap::report::write_atomic;
 use kvmcap::scenario::{run_scenario, Scenario, ScenarioError};
+use kvmcap::verify::{verify_linux, VerifyError, VerifyRequest};
 use kvmcap::vmm::machine::VmmError;
 use msr_probe::{Catalog, DevMsr, MsrIndex};
 
@@ -215,8 +216,139 @@ fn cmd_run(o: &Options) -> Result<bool, Failure> {
     Ok(pass)
 }
 
+/// The guest initramfs `verify` uses when none is given: next to the kvmcap binary, else the
+/// one `cargo xtask initramfs` builds in the workspace.
+fn default_initramfs() -> std::path::PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("guest-initramfs.cpio")));
+    match beside {
+        Some(p) if p.exists() => p,
+        _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/kvmcap/guest-initramfs.cpio"),
+    }
+}
+
+fn cmd_verify(o: &Options) -> Result<bool, Failure> {
+    let catalog = catalog()?;
+    let spec = feature(o, &catalog)?;
+    let mut msrs: Vec<MsrIndex> = Vec::new();
+    for m in &o.msrs {
+        msrs.push(catalog.resolve(m).map_err(|e| fail(exit::USAGE, e))?);
+    }
+    let host = host_sources(o, &catalog)?;
+    let initramfs = o.initramfs.clone().unwrap_or_else(default_initramfs);
+    if !initramfs.exists() {
+        return Err(fail(
+            exit::INPUT,
+            format!("guest initramfs {} does not exist: build it with `cargo xtask initramfs` or pass --initramfs", initramfs.display()),
+        ));
+    }
+    let report = verify_linux(
+        &VerifyRequest {
+            kvm_path: o.kvm.clone(),
+            kernel: o.kernel.clone().unwrap_or_default(),
+            initramfs,
+            feature: Some(&spec),
+            backend: o.backend.unwrap_or(kvmcap::backend::Backend::None),
+            vcpus: o.vcpus,
+            msrs: (!msrs.is_empty()).then_some(msrs),
+            host: &host,
+            limits: o.limits,
+            mem_mib: o.mem_mib,
+            console_limit: o.console_limit,
+            echo_console: o.console,
+            cmdline: o.cmdline.clone(),
+        },
+        &catalog,
+    )
+    .map_err(|e| match e {
+        VerifyError::Vmm(VmmError::Image { .. }) => {
+            fail(exit::INPUT, e.to_string().replace('\n', " | "))
+        }
+        VerifyError::Vmm(v) => vmm_failure(v),
+        e @ VerifyError::NoReport { .. } => {
+            fail(exit::NO_REPORT, e.to_string().replace('\n', " | "))
+        }
+    })?;
+    emit(o, &report, report.table())?;
+    Ok(report.ok())
+}
+
+fn cmd_lab_init() -> Result<bool, Failure> {
+    use std::io::Write;
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        use nix::mount::{mount, MsFlags};
+        for (src, target, fstype) in [
+            ("proc", "/proc", "proc"),
+            ("sysfs", "/sys", "sysfs"),
+            ("devtmpfs", "/dev", "devtmpfs"),
+        ] {
+            let _ = std::fs::create_dir_all(target);
+            let _ = mount(
+                Some(src),
+                target,
+                Some(fstype),
+                MsFlags::empty(),
+                None::<&str>,
+            );
+        }
+    }
+    let catalog = catalog()?;
+    let jobs_text = std::env::var("KVMCAP_LAB_JOBS").unwrap_or_default();
+    let host: Vec<String> = std::env::var("KVMCAP_LAB_HOST")
+        .unwrap_or_default()
+        .split('+')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let paths = kvmcap::lab::LabPaths::default();
+    let mut out = std::io::stdout().lock();
+    let mut all_pass = true;
+    match kvmcap::lab::parse_jobs(&jobs_text) {
+        Ok(jobs) => {
+            let _ = writeln!(out, "kvmcap lab: {} job(s)", jobs.len());
+            for job in &jobs {
+                let result = kvmcap::lab::run_job(job, &paths, &host, &catalog);
+                all_pass &= result.pass;
+                let doc = serde_json::to_string(&result).unwrap_or_default();
+                match msr_probe::frame::encode_document(&job.name(), &doc) {
+                    Ok(lines) => {
+                        for l in lines {
+                            let _ = out.write_all(format!("{l}\n").as_bytes());
+                        }
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "kvmcap lab: {}: {e}", job.name());
+                    }
+                }
+                let _ = out.flush();
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "kvmcap lab: {e}");
+            all_pass = false;
+        }
+    }
+    let _ = writeln!(out, "kvmcap lab: done");
+    let _ = out.flush();
+    drop(out);
+    if pid1 {
+        nix::unistd::sync();
+        let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    Ok(all_pass)
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if std::process::id() == 1 {
+        args = vec!["lab-init".into()];
+    }
     let options = match cli::parse(&args) {
         Ok(Some(o)) => o,
         Ok(None) => {
@@ -231,6 +363,8 @@ fn main() -> ExitCode {
     let result = match options.command.as_str() {
         "caps" => cmd_caps(&options).map(|()| true),
         "probe" => cmd_probe(&options),
+        "verify" => cmd_verify(&options),
+        "lab-init" => cmd_lab_init(),
         _ => cmd_run(&options),
     };
     match result {

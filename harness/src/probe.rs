@@ -96,6 +96,55 @@ pub fn host_value(
         })
 }
 
+/// Judges one guest reading: the feature's MSRs against the model's prediction (`oracle`, in
+/// the state the guest left it), every other MSR against the host under the catalog's rule.
+pub fn judge(
+    cpu: u32,
+    index: MsrIndex,
+    guest: Reading,
+    feature: Option<&FeatureSpec>,
+    oracle: &mut Option<Box<dyn crate::backend::MsrModel>>,
+    host: &HostSources,
+    catalog: &Catalog,
+) -> Row {
+    let host_v = host_value(host, feature, cpu, index, catalog);
+    let is_feature = feature.is_some_and(|f| f.msrs().contains(&index));
+    let (expected, verdict) = match oracle {
+        Some(model) if is_feature => {
+            let expected = match model.read(index) {
+                Ok(v) => Reading::Value(v),
+                Err(f) => Reading::Fault(f),
+            };
+            let v = match &guest {
+                Reading::Unavailable(u) => Verdict::NotRun {
+                    reason: u.to_string(),
+                },
+                g => against_model(g, &expected),
+            };
+            (Some(expected), v)
+        }
+        _ => {
+            let rule = catalog.get(index).map_or(Rule::Equal, |e| e.rule.clone());
+            let v = match &guest {
+                Reading::Unavailable(u) => Verdict::NotRun {
+                    reason: u.to_string(),
+                },
+                g => against_host(g, host_v.as_ref().map(|h| &h.reading), &rule),
+            };
+            (None, v)
+        }
+    };
+    Row {
+        cpu,
+        index,
+        name: catalog.name_of(index).to_owned(),
+        guest,
+        host: host_v,
+        expected,
+        verdict,
+    }
+}
+
 /// Runs the probe and builds its report.
 pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, VmmError> {
     let ops: Vec<MsrOp> = req
@@ -113,7 +162,6 @@ pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, V
         initial: Vec::new(),
         limits: req.limits,
     })?;
-    let feature_msrs = req.feature.map(FeatureSpec::msrs).unwrap_or_default();
     let mut oracle = match (req.feature, &outcome.model_inputs) {
         (Some(f), Some(inputs)) => Some(build_model(f, inputs)),
         _ => None,
@@ -121,43 +169,16 @@ pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, V
     let mut readings = Vec::new();
     for cpu in 0..usize::from(req.vcpus) {
         for (i, op) in ops.iter().enumerate() {
-            let index = req.msrs[i];
             let guest = guest_reading(&outcome, cpu, i, op);
-            let host = host_value(req.host, req.feature, cpu as u32, index, catalog);
-            let (expected, verdict) = match (&mut oracle, feature_msrs.contains(&index)) {
-                (Some(model), true) => {
-                    let expected = match model.read(index) {
-                        Ok(v) => Reading::Value(v),
-                        Err(f) => Reading::Fault(f),
-                    };
-                    let v = match &guest {
-                        Reading::Unavailable(u) => Verdict::NotRun {
-                            reason: u.to_string(),
-                        },
-                        g => against_model(g, &expected),
-                    };
-                    (Some(expected), v)
-                }
-                _ => {
-                    let rule = catalog.get(index).map_or(Rule::Equal, |e| e.rule.clone());
-                    let v = match &guest {
-                        Reading::Unavailable(u) => Verdict::NotRun {
-                            reason: u.to_string(),
-                        },
-                        g => against_host(g, host.as_ref().map(|h| &h.reading), &rule),
-                    };
-                    (None, v)
-                }
-            };
-            readings.push(Row {
-                cpu: cpu as u32,
-                index,
-                name: catalog.name_of(index).to_owned(),
+            readings.push(judge(
+                cpu as u32,
+                req.msrs[i],
                 guest,
-                host,
-                expected,
-                verdict,
-            });
+                req.feature,
+                &mut oracle,
+                req.host,
+                catalog,
+            ));
         }
     }
     Ok(Report {
@@ -165,6 +186,7 @@ pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, V
         negotiation: outcome.negotiation.clone(),
         vcpus: outcome.ends.clone(),
         readings,
+        kernel_ppin: Vec::new(),
         notes: outcome
             .stray_io
             .iter()

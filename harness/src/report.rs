@@ -59,6 +59,20 @@ pub struct Row {
     pub verdict: Verdict,
 }
 
+/// The guest kernel's view of PPIN on one CPU, against the model's prediction of what the
+/// kernel's `ppin_init()` finds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KernelPpin {
+    /// The CPU.
+    pub cpu: u32,
+    /// `cpuN/topology/ppin` (absent when the kernel found no PPIN).
+    pub seen: Option<u64>,
+    /// What `ppin_init()` must have found.
+    pub expected: Option<u64>,
+    /// Whether they agree.
+    pub ok: bool,
+}
+
 /// A whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -70,7 +84,10 @@ pub struct Report {
     pub vcpus: Vec<VcpuEnd>,
     /// Every reading with its verdict.
     pub readings: Vec<Row>,
-    /// Extra facts (e.g. the guest kernel's topology/ppin per CPU).
+    /// The guest kernel's own PPIN (`cpuN/topology/ppin`) per CPU, Linux guests only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_ppin: Vec<KernelPpin>,
+    /// Extra facts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     /// Milliseconds from VM creation to the last vCPU's end.
@@ -80,12 +97,13 @@ pub struct Report {
 impl Report {
     /// Whether every verdict is as expected.
     pub fn ok(&self) -> bool {
-        self.readings.iter().all(|r| r.verdict.ok())
+        self.failures() == 0
     }
 
     /// The number of failed verdicts.
     pub fn failures(&self) -> usize {
         self.readings.iter().filter(|r| !r.verdict.ok()).count()
+            + self.kernel_ppin.iter().filter(|k| !k.ok).count()
     }
 
     /// The table people read.
@@ -132,6 +150,16 @@ impl Report {
                 short(&r.guest),
                 host,
                 r.verdict.word()
+            ));
+        }
+        let hex = |v: Option<u64>| v.map_or("none".to_owned(), |v| format!("{v:#x}"));
+        for k in &self.kernel_ppin {
+            out.push_str(&format!(
+                "cpu{} kernel topology/ppin: {} (expected {}) {}\n",
+                k.cpu,
+                hex(k.seen),
+                hex(k.expected),
+                if k.ok { "match" } else { "MISMATCH" }
             ));
         }
         for n in &self.notes {
@@ -222,6 +250,21 @@ impl Report {
                 .map(|s| format!("{}: {}", s.cap, s.enabled.as_deref().unwrap_or("checked")))
                 .collect(),
             readings,
+            kernel_ppin: self
+                .kernel_ppin
+                .iter()
+                .map(|k| {
+                    format!(
+                        "cpu{}: {}",
+                        k.cpu,
+                        if k.seen.is_some() {
+                            "ppin shown"
+                        } else {
+                            "no ppin"
+                        }
+                    ) + if k.ok { "" } else { " (MISMATCH)" }
+                })
+                .collect(),
             pass: self.ok(),
         }
     }
@@ -250,6 +293,9 @@ pub struct SnapshotView {
     pub negotiation: Vec<String>,
     /// Rows.
     pub readings: Vec<SnapshotRow>,
+    /// The guest kernel's PPIN per CPU.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_ppin: Vec<String>,
     /// Overall.
     pub pass: bool,
 }

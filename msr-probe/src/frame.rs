@@ -348,6 +348,27 @@ pub fn decode_first(output: &str) -> Result<Frame, FrameError> {
     Err(FrameError::NoFrame)
 }
 
+/// Decodes every frame in `output`, in order: each complete frame, or the reason one broke
+/// (after a broken frame the decoder starts afresh at the next begin line).
+pub fn decode_all(output: &str) -> Vec<Result<Frame, FrameError>> {
+    let mut out = Vec::new();
+    let mut d = Decoder::new();
+    for l in output.lines() {
+        match d.feed(l) {
+            Ok(Progress::Complete(f)) => out.push(Ok(f)),
+            Ok(_) => {}
+            Err(e) => {
+                out.push(Err(e));
+                d = Decoder::new();
+            }
+        }
+    }
+    if let Err(e) = d.finish() {
+        out.push(Err(e));
+    }
+    out
+}
+
 impl fmt::Display for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "frame `{}` ({} lines)", self.stream, self.payloads.len())
@@ -482,6 +503,23 @@ mod tests {
             decode_first(&line(Kind::Data, 1, "x")),
             Err(FrameError::Reordered { .. })
         ));
+    }
+
+    #[test]
+    fn decode_all_returns_every_frame_and_every_break() {
+        let mut out = String::new();
+        for (name, doc) in [("a", "1"), ("b", "2")] {
+            out.push_str(&encode_document(name, doc).unwrap().join("\n"));
+            out.push('\n');
+        }
+        let mut broken = encode_document("c", "3").unwrap();
+        broken.pop();
+        out.push_str(&broken.join("\n"));
+        let all = decode_all(&out);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].as_ref().unwrap().stream, "a");
+        assert_eq!(all[1].as_ref().unwrap().document(), "2");
+        assert!(matches!(all[2], Err(FrameError::Truncated { .. })));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod initramfs;
+pub mod lab;
 pub mod static_build;
 
 /// Why an xtask step failed.
@@ -29,6 +31,22 @@ pub enum XtaskError {
         /// The end of its output, if captured.
         tail: String,
     },
+    /// a tool or input is missing
+    #[error("{what} is missing: {hint}")]
+    Missing {
+        /// What.
+        what: String,
+        /// How to get it.
+        hint: String,
+    },
+    /// the lab failed as a whole
+    #[error("lab: {problem}; last console lines:\n{tail}")]
+    Lab {
+        /// What went wrong.
+        problem: String,
+        /// The end of the lab console.
+        tail: String,
+    },
     /// an output is not what it must be
     #[error("{path}: {problem}")]
     Output {
@@ -47,6 +65,8 @@ impl XtaskError {
             Self::Spawn { .. } => 2,
             Self::Build { .. } => 3,
             Self::Output { .. } => 4,
+            Self::Missing { .. } => 5,
+            Self::Lab { .. } => 6,
         }
     }
 }

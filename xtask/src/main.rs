@@ -29,6 +29,37 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
             }
             Ok(())
         }
+        Some("initramfs") => {
+            println!("{}", xtask::initramfs::guest()?.display());
+            Ok(())
+        }
+        Some("lab-quick") => {
+            // Lab with an explicit kernel: cargo xtask lab-quick BZIMAGE [JOB...]
+            let kernel = args
+                .get(1)
+                .ok_or_else(|| XtaskError::Usage("lab-quick BZIMAGE [JOB...]".into()))?;
+            let kernel = std::path::PathBuf::from(kernel);
+            let jobs: Vec<String> = if args.len() > 2 {
+                args[2..].to_vec()
+            } else {
+                xtask::lab::DEFAULT_JOBS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            };
+            let initramfs = xtask::initramfs::lab(&kernel)?;
+            let run = xtask::lab::run(&xtask::lab::LabOptions {
+                kernel,
+                initramfs,
+                jobs,
+                cpus: 2,
+                mem_mib: 1024,
+                deadline: std::time::Duration::from_secs(600),
+                console_log: xtask::initramfs::out_dir().join("lab/console.log"),
+            })?;
+            print!("{}", run.table());
+            Ok(())
+        }
         None | Some("help") | Some("-h") | Some("--help") => {
             print!("{HELP}");
             Ok(())

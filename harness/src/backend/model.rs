@@ -234,3 +234,54 @@ mod tests {
         assert_eq!(m.read(PPIN), Ok(7));
     }
 }
+
+/// What the guest kernel's `ppin_init()` (arch/x86/kernel/cpu/common.c) does on a CPU whose
+/// CPUID announces `pair`: read PPIN_CTL; give up if it faults or is locked and disabled;
+/// set Enable if clear and re-read; if enabled, read PPIN. Returns the PPIN the kernel then
+/// shows in `topology/ppin` (the kernel hides a zero PPIN), leaving the model in the state the
+/// kernel left it.
+pub fn simulate_ppin_init(model: &mut dyn MsrModel, pair: &PpinPair) -> Option<u64> {
+    let mut ctl = model.read(pair.ctl).ok()?;
+    if ctl & (pair.lockout | pair.enable) == pair.lockout {
+        return None;
+    }
+    if ctl & pair.enable == 0 {
+        let _ = model.write(pair.ctl, ctl | pair.enable);
+        ctl = model.read(pair.ctl).ok()?;
+    }
+    if ctl & pair.enable == 0 {
+        return None;
+    }
+    model.read(pair.value).ok().filter(|v| *v != 0)
+}
+
+#[cfg(test)]
+mod ppin_init_tests {
+    use super::*;
+    use msr_probe::Catalog;
+
+    #[test]
+    fn ppin_init_enables_a_disabled_unlocked_ppin_and_respects_lockout() {
+        let spec = FeatureSpec::find("ppin", &Catalog::builtin().unwrap()).unwrap();
+        let pair = spec.pair_for(CpuVendor::Amd).unwrap().clone();
+        let run = |ctl: u64, enabled: bool| {
+            let mut m = build_model(
+                &spec,
+                &ModelInputs {
+                    vendor: CpuVendor::Amd,
+                    enabled,
+                    args: [1, 0, 0, 0],
+                    values: vec![(pair.value, 0x77)],
+                    initial_ctl: ctl,
+                },
+            );
+            let seen = simulate_ppin_init(m.as_mut(), &pair);
+            (seen, m.read(pair.ctl).ok())
+        };
+        assert_eq!(run(0b00, true), (Some(0x77), Some(0b10)));
+        assert_eq!(run(0b10, true), (Some(0x77), Some(0b10)));
+        assert_eq!(run(0b01, true), (None, Some(0b01)));
+        assert_eq!(run(0b11, true), (Some(0x77), Some(0b11)));
+        assert_eq!(run(0b10, false), (None, None));
+    }
+}

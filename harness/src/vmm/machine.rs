@@ -43,6 +43,14 @@ pub enum VmmError {
     /// the request is impossible
     #[error("{0}")]
     Request(String),
+    /// a kernel or initramfs image is unusable
+    #[error("{path}: {problem}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// a vCPU could not be set up
     #[error("vCPU {cpu}: {what}: {error}")]
     Vcpu {

@@ -45,6 +45,13 @@ pub enum VcpuEnd {
     },
     /// The guest asked to reset the machine (e.g. keyboard controller reset).
     Reset,
+    /// The guest's framed report arrived (or broke): the VM was ended early.
+    Reported,
+    /// The guest printed more than the console limit.
+    ConsoleFlood {
+        /// Bytes printed.
+        bytes: u64,
+    },
     /// The deadline passed and the vCPU was kicked out of `KVM_RUN`.
     Timeout,
     /// Another vCPU ended the VM.

@@ -1,0 +1,229 @@
+//! `kvmcap verify --guest linux`: boot a Linux guest whose `/init` is msr-probe, take its
+//! framed report off the console, and judge every reading and the guest kernel's own PPIN.
+
+use std::path::PathBuf;
+
+use crate::backend::model::simulate_ppin_init;
+use crate::backend::{build_model, Backend};
+use crate::feature::{FeatureSpec, ModelKind};
+use crate::host::HostSources;
+use crate::probe::judge;
+use crate::report::{KernelPpin, Report, RunFingerprint};
+use crate::vmm::linux::{run_linux, LinuxOutcome, LinuxRequest};
+use crate::vmm::machine::{FeatureRun, Limits, VmmError};
+use crate::vmm::vcpu::VcpuEnd;
+use msr_probe::{Catalog, Fingerprint, MsrIndex, ProbeReport, Reading, Unavailable};
+
+/// What to verify.
+pub struct VerifyRequest<'a> {
+    /// The KVM device.
+    pub kvm_path: PathBuf,
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The guest initramfs (msr-probe as /init).
+    pub initramfs: PathBuf,
+    /// The feature.
+    pub feature: Option<&'a FeatureSpec>,
+    /// The backend.
+    pub backend: Backend,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// MSRs to read; `None` = the whole catalog.
+    pub msrs: Option<Vec<MsrIndex>>,
+    /// Host sources.
+    pub host: &'a HostSources,
+    /// Limits.
+    pub limits: Limits,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// Console bytes kept.
+    pub console_limit: u64,
+    /// Copy the guest console to stderr.
+    pub echo_console: bool,
+    /// Extra guest kernel command-line words.
+    pub cmdline: String,
+}
+
+/// Why verification produced no report.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// the VMM failed
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    /// the guest gave no usable report
+    #[error("the guest gave no report: {reason} (vCPU ends: {ends}); last console lines:\n{tail}")]
+    NoReport {
+        /// Why.
+        reason: String,
+        /// How the vCPUs ended.
+        ends: String,
+        /// The console's end.
+        tail: String,
+    },
+}
+
+fn no_report(o: &LinuxOutcome, reason: String) -> VerifyError {
+    VerifyError::NoReport {
+        reason,
+        ends: o
+            .ends
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        tail: o.console_tail.clone(),
+    }
+}
+
+/// Checks a guest report against what was asked: one entry per vCPU, each with exactly the
+/// requested MSRs in order. Anything else is a forged or broken report.
+pub fn validate(report: &ProbeReport, vcpus: u8, msrs: &[MsrIndex]) -> Result<(), String> {
+    if report.cpus.len() != usize::from(vcpus) {
+        return Err(format!(
+            "report covers {} CPUs, the VM has {vcpus}",
+            report.cpus.len()
+        ));
+    }
+    for (i, c) in report.cpus.iter().enumerate() {
+        if c.cpu as usize != i {
+            return Err(format!("report entry {i} is for CPU {}", c.cpu));
+        }
+        let got: Vec<MsrIndex> = c.readings.iter().map(|r| r.index).collect();
+        if got != msrs {
+            return Err(format!(
+                "CPU {}: report lists {} MSRs, not the {} requested in order",
+                c.cpu,
+                got.len(),
+                msrs.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Boots, reads, judges.
+pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report, VerifyError> {
+    let msrs = req.msrs.clone().unwrap_or_else(|| catalog.indices());
+    let list = if req.msrs.is_some() {
+        msrs.iter()
+            .map(|m| format!("{:#x}", m.raw()))
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        "catalog".to_owned()
+    };
+    let cmdline = format!("KVMCAP_MSRS={list} KVMCAP_STREAM=verify {}", req.cmdline);
+    let outcome = run_linux(&LinuxRequest {
+        kvm_path: req.kvm_path.clone(),
+        kernel: req.kernel.clone(),
+        initramfs: req.initramfs.clone(),
+        cmdline,
+        vcpus: req.vcpus,
+        mem_mib: req.mem_mib,
+        run: FeatureRun {
+            feature: req.feature,
+            backend: req.backend,
+            host: req.host,
+            cap_args: None,
+            initial: &[],
+        },
+        limits: req.limits,
+        console_limit: req.console_limit,
+        echo_console: req.echo_console,
+    })?;
+    if outcome.flooded {
+        return Err(no_report(
+            &outcome,
+            format!(
+                "the guest flooded the console ({} bytes)",
+                outcome.console_bytes
+            ),
+        ));
+    }
+    let frame = outcome
+        .frame
+        .clone()
+        .map_err(|e| no_report(&outcome, e.to_string()))?;
+    let guest: ProbeReport = serde_json::from_str(&frame.document())
+        .map_err(|e| no_report(&outcome, format!("report is not a msr-probe report: {e}")))?;
+    validate(&guest, req.vcpus, &msrs).map_err(|e| no_report(&outcome, e))?;
+
+    // The oracle: the model as the VMM set it up, then as the guest kernel's ppin_init() left it.
+    let mut oracle = match (req.feature, &outcome.model_inputs) {
+        (Some(f), Some(inputs)) => Some(build_model(f, inputs)),
+        _ => None,
+    };
+    let mut expected_kernel_ppin = None;
+    if let (Some(f), Some(m)) = (req.feature, oracle.as_mut()) {
+        if f.model == ModelKind::Ppin && req.backend != Backend::None {
+            if let Some(pair) = f.pair_for(outcome.vendor) {
+                expected_kernel_ppin = simulate_ppin_init(m.as_mut(), pair);
+            }
+        }
+    }
+    let mut readings = Vec::new();
+    let mut kernel_ppin = Vec::new();
+    for c in &guest.cpus {
+        for r in &c.readings {
+            let g = match &r.reading {
+                Reading::Unavailable(u) => Reading::Unavailable(u.clone()),
+                other => other.clone(),
+            };
+            readings.push(judge(
+                c.cpu,
+                r.index,
+                g,
+                req.feature,
+                &mut oracle,
+                req.host,
+                catalog,
+            ));
+        }
+        if req.feature.is_some_and(|f| f.model == ModelKind::Ppin) {
+            kernel_ppin.push(KernelPpin {
+                cpu: c.cpu,
+                seen: c.sysfs_ppin,
+                expected: expected_kernel_ppin,
+                ok: c.sysfs_ppin == expected_kernel_ppin,
+            });
+        }
+    }
+    let me = Fingerprint::of_running_system();
+    let notes = if guest.fingerprint.kernel.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "guest kernel {}, guest CPU {}",
+            guest.fingerprint.kernel, guest.fingerprint.cpu_model
+        )]
+    };
+    let _ = Unavailable::NoDriver;
+    Ok(Report {
+        fingerprint: RunFingerprint {
+            kernel: me.kernel,
+            cpu_vendor: me.cpu_vendor,
+            cpu_model: me.cpu_model,
+            guest_vendor: outcome.vendor,
+            guest: "linux".into(),
+            feature: req.feature.map(|f| f.name.clone()),
+            backend: req.backend,
+            vcpus: outcome.ends.len(),
+            host_sources: req.host.describe(),
+        },
+        negotiation: outcome.negotiation.clone(),
+        vcpus: outcome
+            .ends
+            .iter()
+            .map(|e| match e {
+                VcpuEnd::Reported => VcpuEnd::Done {
+                    ops: msrs.len() as u32,
+                },
+                other => other.clone(),
+            })
+            .collect(),
+        readings,
+        kernel_ppin,
+        notes,
+        elapsed_ms: outcome.elapsed.as_secs_f64() * 1000.0,
+    })
+}

@@ -1,0 +1,262 @@
+//! The lab host: boots the lab kernel under `qemu-system-x86_64 -accel tcg -cpu max` (emulated
+//! AMD SVM with nested paging) with kvmcap as `/init`, which runs the jobs against the lab's
+//! KVM and prints each result framed on the console; collects and checks them here.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use msr_probe::frame::decode_all;
+
+use crate::XtaskError;
+
+/// The PPIN every lab job's host source supplies (the `explicit` source).
+pub const LAB_PPIN: &str = "MSR_PPIN=0x1122334455667788";
+
+/// The jobs `cargo xtask lab` runs by default (`kvmcap lab-init` grammar).
+pub const DEFAULT_JOBS: &[&str] = &[
+    "verify:ppin:none:1",
+    "verify:ppin:none:2",
+    "verify:ppin:user:1",
+    "verify:ppin:user:2",
+    "catalog:ppin:user:2",
+    "run:ppin-ctl-states:user:2",
+    "run:ppin-absent:none:2",
+    "run:platform-info:kernel:1",
+    "run:guest-ends:user:2",
+];
+
+/// How to run the lab.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// The lab kernel (also the guest kernel).
+    pub kernel: PathBuf,
+    /// The lab initramfs.
+    pub initramfs: PathBuf,
+    /// The jobs.
+    pub jobs: Vec<String>,
+    /// Lab CPUs.
+    pub cpus: u8,
+    /// Lab memory in MiB.
+    pub mem_mib: u32,
+    /// When to give up on the lab.
+    pub deadline: Duration,
+    /// Where the lab's console goes.
+    pub console_log: PathBuf,
+}
+
+/// One job's result as the lab reported it.
+#[derive(Clone, Debug)]
+pub struct JobOutcome {
+    /// The job.
+    pub job: String,
+    /// Whether it passed.
+    pub pass: bool,
+    /// The machine-independent view.
+    pub snapshot: serde_json::Value,
+    /// The full report.
+    pub report: serde_json::Value,
+}
+
+/// What the lab produced.
+#[derive(Clone, Debug)]
+pub struct LabRun {
+    /// Per job, in order; a job with no report is an error naming it.
+    pub jobs: Vec<Result<JobOutcome, String>>,
+    /// From QEMU's start to its exit.
+    pub elapsed: Duration,
+    /// The console log.
+    pub console_log: PathBuf,
+}
+
+impl LabRun {
+    /// Whether every job reported and passed.
+    pub fn pass(&self) -> bool {
+        self.jobs.iter().all(|j| j.as_ref().is_ok_and(|j| j.pass))
+    }
+
+    /// The summary table.
+    pub fn table(&self) -> String {
+        let mut out = format!("{:<34} {}\n", "LAB JOB", "VERDICT");
+        for j in &self.jobs {
+            match j {
+                Ok(o) => out.push_str(&format!(
+                    "{:<34} {}\n",
+                    o.job,
+                    if o.pass { "PASS" } else { "FAIL" }
+                )),
+                Err(e) => out.push_str(&format!("{:<34} ERROR {e}\n", "?")),
+            }
+        }
+        out.push_str(&format!(
+            "{} in {:.1} s (console: {})\n",
+            if self.pass() { "PASS" } else { "FAIL" },
+            self.elapsed.as_secs_f64(),
+            self.console_log.display()
+        ));
+        out
+    }
+}
+
+/// The host's TSC frequency in kHz (the lab kernel must not calibrate against the PIT under
+/// TCG: measured, it can then spin forever in KVM_RUN).
+pub fn host_tsc_khz() -> u64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
+}
+
+/// Finds QEMU or says how to install it.
+pub fn qemu() -> Result<PathBuf, XtaskError> {
+    let name = "qemu-system-x86_64";
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .ok_or_else(|| XtaskError::Missing {
+            what: name.into(),
+            hint: "apt-get install qemu-system-x86".into(),
+        })
+}
+
+/// Boots the lab and collects every job's report.
+pub fn run(o: &LabOptions) -> Result<LabRun, XtaskError> {
+    let qemu = qemu()?;
+    let append = format!(
+        "console=ttyS0 tsc_early_khz={} tsc=reliable reboot=t panic=-1 loglevel=1 8250.nr_uarts=1 KVMCAP_LAB_JOBS={} KVMCAP_LAB_HOST={}",
+        host_tsc_khz(),
+        o.jobs.join(","),
+        LAB_PPIN
+    );
+    let smp = format!("{0},sockets={0},cores=1,threads=1", o.cpus);
+    let mut cmd = Command::new(&qemu);
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", &smp, "-m"])
+        .arg(o.mem_mib.to_string())
+        .arg("-kernel")
+        .arg(&o.kernel)
+        .arg("-initrd")
+        .arg(&o.initramfs)
+        .args(["-append", &append])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-nodefaults",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|source| XtaskError::Spawn {
+        tool: qemu.display().to_string(),
+        source,
+    })?;
+    let mut stdout = child.stdout.take().ok_or_else(|| XtaskError::Missing {
+        what: "QEMU's stdout".into(),
+        hint: String::new(),
+    })?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let mut timed_out = false;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() > o.deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                timed_out = true;
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break,
+        }
+    }
+    let elapsed = start.elapsed();
+    let out = reader.join().unwrap_or_default();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    if let Some(d) = o.console_log.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let _ = std::fs::write(&o.console_log, &text);
+    let tail = || {
+        text.lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    if timed_out {
+        return Err(XtaskError::Lab {
+            problem: format!(
+                "the lab did not finish within {} s (hung or too slow)",
+                o.deadline.as_secs()
+            ),
+            tail: tail(),
+        });
+    }
+    let mut jobs = Vec::new();
+    let mut frames = decode_all(&text).into_iter();
+    for job in &o.jobs {
+        let outcome = match frames.next() {
+            Some(Ok(f)) if &f.stream == job => {
+                serde_json::from_str::<serde_json::Value>(&f.document())
+                    .map_err(|e| format!("{job}: report is not JSON: {e}"))
+                    .map(|v| JobOutcome {
+                        job: job.clone(),
+                        pass: v["pass"].as_bool().unwrap_or(false),
+                        snapshot: v["snapshot"].clone(),
+                        report: v["report"].clone(),
+                    })
+            }
+            Some(Ok(f)) => Err(format!("{job}: the lab reported `{}` instead", f.stream)),
+            Some(Err(e)) => Err(format!("{job}: {e}")),
+            None => Err(format!("{job}: no report (the lab stopped before it)")),
+        };
+        jobs.push(outcome);
+    }
+    if jobs.iter().all(|j| j.is_err()) {
+        return Err(XtaskError::Lab {
+            problem: "the lab printed no report at all".into(),
+            tail: tail(),
+        });
+    }
+    Ok(LabRun {
+        jobs,
+        elapsed,
+        console_log: o.console_log.clone(),
+    })
+}
+
+/// Writes each job's report to `dir/<job>.json`.
+pub fn save_reports(run: &LabRun, dir: &Path) -> Result<(), XtaskError> {
+    std::fs::create_dir_all(dir).map_err(|e| XtaskError::Output {
+        path: dir.to_owned(),
+        problem: e.to_string(),
+    })?;
+    for j in run.jobs.iter().flatten() {
+        let path = dir.join(format!("{}.json", j.job.replace(':', "-")));
+        let doc = serde_json::to_string_pretty(&j.report).unwrap_or_default();
+        std::fs::write(&path, doc).map_err(|e| XtaskError::Output {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
