@@ -173,7 +173,7 @@ mod tests {
         let lines = encode_document("s", "{\"a\":1}").unwrap();
         c.push(lines[0].as_bytes());
         c.push(b"\n");
-        c.push(lines[1].replace('a', "b").as_bytes());
+        c.push(lines[1].replace("\"a\"", "\"b\"").as_bytes());
         c.push(b"\n");
         assert!(matches!(c.result(), Err(FrameError::Corrupted { .. })));
         let mut c = Console::new(1 << 20, false);
