@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub mod initramfs;
+pub mod kernel;
 pub mod lab;
 pub mod static_build;
 

@@ -1,77 +1,169 @@
-//! `cargo xtask`: the project's build and test loop (static binaries; later the kernel, the
-//! initramfs, the lab and the whole patch-boot-verify loop).
+//! `cargo xtask`: the project's build and test loop.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use xtask::{static_build, XtaskError};
+use xtask::{initramfs, kernel, lab, static_build, XtaskError};
 
 const HELP: &str = "\
 cargo xtask: kvmcap's build loop
 
 USAGE:
-    cargo xtask static [PACKAGE...]   build fully static binaries (glibc, +crt-static) of
-                                      msr-probe (default) and/or kvmcap; prints their paths
-    cargo xtask help                  this help
+    cargo xtask static [PACKAGE...]     fully static binaries (glibc, +crt-static) of msr-probe
+                                        (default) and/or kvmcap; prints their paths
+    cargo xtask initramfs               the guest initramfs (static msr-probe as /init)
+    cargo xtask kernel fetch [--kernel-tree DIR]
+                                        Debian's linux-source-6.12 (installed with apt-get when
+                                        root), extracted under target/kernel/
+    cargo xtask kernel build [--kernel-tree DIR]
+                                        tinyconfig + fixtures/kernel/kvmcap.config, cached by
+                                        source version and fragment hash
+    cargo xtask lab [--scenario NAME ...] [--job KIND:SUBJECT:BACKEND:VCPUS ...]
+                    [--kernel-tree DIR] [--kernel BZIMAGE]
+                                        build the kernel and the lab initramfs, boot the lab
+                                        under qemu-system-x86_64 -accel tcg -cpu max, run the
+                                        jobs inside, print the verdicts (reports and the
+                                        console log under target/kvmcap/lab/)
+    cargo xtask help                    this help
+
+EXIT CODES: 0 pass, 1 usage or a failed verdict, 2 a tool could not start, 3 build failed,
+            4 bad output, 5 something missing (with the command that installs it), 6 lab failed
 ";
 
-fn run(args: &[String]) -> Result<(), XtaskError> {
-    match args.first().map(String::as_str) {
-        Some("static") => {
-            let pkgs: Vec<&str> = if args.len() > 1 {
-                args[1..].iter().map(String::as_str).collect()
-            } else {
-                vec!["msr-probe"]
-            };
+struct Args {
+    positional: Vec<String>,
+    kernel_tree: Option<PathBuf>,
+    kernel: Option<PathBuf>,
+    scenarios: Vec<String>,
+    jobs: Vec<String>,
+}
+
+fn parse(args: &[String]) -> Result<Args, XtaskError> {
+    let mut a = Args {
+        positional: Vec::new(),
+        kernel_tree: None,
+        kernel: None,
+        scenarios: Vec::new(),
+        jobs: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(x) = it.next() {
+        let mut value = |flag: &str| it.next().cloned().ok_or_else(|| XtaskError::Usage(format!("{flag} needs a value")));
+        match x.as_str() {
+            "--kernel-tree" => a.kernel_tree = Some(value("--kernel-tree")?.into()),
+            "--kernel" => a.kernel = Some(value("--kernel")?.into()),
+            "--scenario" => a.scenarios.push(value("--scenario")?),
+            "--job" => a.jobs.push(value("--job")?),
+            s if s.starts_with('-') => return Err(XtaskError::Usage(format!("unknown option `{s}`"))),
+            s => a.positional.push(s.to_owned()),
+        }
+    }
+    Ok(a)
+}
+
+/// The backends a scenario file lists.
+fn scenario_backends(name: &str) -> Result<Vec<String>, XtaskError> {
+    let path = xtask::workspace_root().join("fixtures/scenarios").join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&path).map_err(|e| XtaskError::Missing {
+        what: format!("scenario {name} ({})", path.display()),
+        hint: e.to_string(),
+    })?;
+    let v: toml::Value = toml::from_str(&text).map_err(|e| XtaskError::Output {
+        path: path.clone(),
+        problem: e.to_string(),
+    })?;
+    Ok(v.get("backends")
+        .and_then(|b| b.as_array())
+        .map(|b| b.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .unwrap_or_default())
+}
+
+fn build_kernel(a: &Args) -> Result<PathBuf, XtaskError> {
+    if let Some(k) = &a.kernel {
+        return Ok(k.clone());
+    }
+    let tree = kernel::fetch(a.kernel_tree.as_deref())?;
+    let built = kernel::build(&tree, "")?;
+    eprintln!(
+        "xtask: kernel {} ({}{})",
+        built.bzimage.display(),
+        tree.version,
+        if built.cached { ", cached" } else { "" }
+    );
+    Ok(built.bzimage)
+}
+
+fn cmd_lab(a: &Args) -> Result<bool, XtaskError> {
+    let mut jobs = a.jobs.clone();
+    for s in &a.scenarios {
+        for b in scenario_backends(s)? {
+            jobs.push(format!("run:{s}:{b}:2"));
+        }
+    }
+    if jobs.is_empty() {
+        jobs = lab::DEFAULT_JOBS.iter().map(|s| s.to_string()).collect();
+    }
+    let kernel = build_kernel(a)?;
+    let initramfs = initramfs::lab(&kernel)?;
+    let out = initramfs::out_dir().join("lab");
+    let run = lab::run(&lab::LabOptions {
+        kernel,
+        initramfs,
+        jobs,
+        cpus: 2,
+        mem_mib: 1024,
+        deadline: Duration::from_secs(900),
+        console_log: out.join("console.log"),
+    })?;
+    lab::save_reports(&run, &out)?;
+    print!("{}", run.table());
+    Ok(run.pass())
+}
+
+fn run(args: &[String]) -> Result<bool, XtaskError> {
+    let a = parse(args)?;
+    let pos: Vec<&str> = a.positional.iter().map(String::as_str).collect();
+    match pos.as_slice() {
+        ["static", pkgs @ ..] => {
+            let pkgs: Vec<&str> = if pkgs.is_empty() { vec!["msr-probe"] } else { pkgs.to_vec() };
             for p in pkgs {
-                let path = static_build::build(p)?;
-                println!("{}", path.display());
+                println!("{}", static_build::build(p)?.display());
             }
-            Ok(())
+            Ok(true)
         }
-        Some("initramfs") => {
-            println!("{}", xtask::initramfs::guest()?.display());
-            Ok(())
+        ["initramfs"] => {
+            println!("{}", initramfs::guest()?.display());
+            Ok(true)
         }
-        Some("lab-quick") => {
-            // Lab with an explicit kernel: cargo xtask lab-quick BZIMAGE [JOB...]
-            let kernel = args
-                .get(1)
-                .ok_or_else(|| XtaskError::Usage("lab-quick BZIMAGE [JOB...]".into()))?;
-            let kernel = std::path::PathBuf::from(kernel);
-            let jobs: Vec<String> = if args.len() > 2 {
-                args[2..].to_vec()
-            } else {
-                xtask::lab::DEFAULT_JOBS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            };
-            let initramfs = xtask::initramfs::lab(&kernel)?;
-            let run = xtask::lab::run(&xtask::lab::LabOptions {
-                kernel,
-                initramfs,
-                jobs,
-                cpus: 2,
-                mem_mib: 1024,
-                deadline: std::time::Duration::from_secs(600),
-                console_log: xtask::initramfs::out_dir().join("lab/console.log"),
-            })?;
-            print!("{}", run.table());
-            Ok(())
+        ["kernel", "fetch"] => {
+            let t = kernel::fetch(a.kernel_tree.as_deref())?;
+            println!("{} ({})", t.dir.display(), t.version);
+            Ok(true)
         }
-        None | Some("help") | Some("-h") | Some("--help") => {
+        ["kernel", "build"] => {
+            println!("{}", build_kernel(&a)?.display());
+            Ok(true)
+        }
+        ["lab"] => cmd_lab(&a),
+        [] | ["help"] => {
             print!("{HELP}");
-            Ok(())
+            Ok(true)
         }
-        Some(other) => Err(XtaskError::Usage(format!("unknown command `{other}`"))),
+        other => Err(XtaskError::Usage(format!("unknown command `{}`", other.join(" ")))),
     }
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
     match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("xtask: {e}");
             ExitCode::from(e.exit_code())

@@ -1,0 +1,318 @@
+//! `cargo xtask kernel fetch|build`: Debian's linux-source-6.12 (or a tree the user has), built
+//! from `tinyconfig` plus `fixtures/kernel/kvmcap.config`, cached under `target/kernel/` by
+//! source version, fragment hash and patch-series hash, with a progress bar.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::{target_dir, workspace_root, XtaskError};
+
+/// Debian's package with the kernel source.
+pub const SOURCE_PACKAGE: &str = "linux-source-6.12";
+/// What the package installs.
+pub const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+/// Debian packages a kernel build needs.
+pub const BUILD_PACKAGES: &[&str] = &["make", "gcc", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "cpio", "xz-utils"];
+
+/// A kernel source tree ready to configure.
+#[derive(Clone, Debug)]
+pub struct SourceTree {
+    /// The tree.
+    pub dir: PathBuf,
+    /// Its version (the Debian package version, or `tree:<path>`).
+    pub version: String,
+}
+
+/// FNV-1a, 64 bits: a stable cache key without another dependency.
+pub fn fnv64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn run_quiet(cmd: &mut Command, what: &str) -> Result<String, XtaskError> {
+    let out = cmd.output().map_err(|source| XtaskError::Spawn {
+        tool: what.to_owned(),
+        source,
+    })?;
+    if !out.status.success() {
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        return Err(XtaskError::Build {
+            command: what.to_owned(),
+            status: out.status.to_string(),
+            tail: tail(&text, 20),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The last `n` lines of `text`, as a suffix for error messages.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    format!("; last lines:\n{}", lines[lines.len().saturating_sub(n)..].join("\n"))
+}
+
+fn is_root() -> bool {
+    nix_free_euid() == 0
+}
+
+fn nix_free_euid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// Installs missing Debian packages when root; otherwise says the one command to run.
+pub fn ensure_packages(packages: &[&str]) -> Result<(), XtaskError> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        return Err(XtaskError::Missing {
+            what: format!("Debian packages {}", missing.join(", ")),
+            hint: format!("run as root: {command}"),
+        });
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run_quiet(Command::new("apt-get").arg("update").arg("-qq"), "apt-get update")?;
+    run_quiet(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        &format!("apt-get install {}", missing.join(" ")),
+    )?;
+    Ok(())
+}
+
+/// Gets the source: `tree` if given, else Debian's package, extracted under `target/kernel/`.
+pub fn fetch(tree: Option<&Path>) -> Result<SourceTree, XtaskError> {
+    if let Some(t) = tree {
+        if !t.join("Makefile").exists() || !t.join("arch/x86").exists() {
+            return Err(XtaskError::Missing {
+                what: format!("a kernel tree at {}", t.display()),
+                hint: "--kernel-tree must point at a Linux source tree (with Makefile and arch/x86)".into(),
+            });
+        }
+        return Ok(SourceTree {
+            dir: t.to_owned(),
+            version: format!("tree:{}", t.display()),
+        });
+    }
+    ensure_packages(&[SOURCE_PACKAGE])?;
+    let version = run_quiet(
+        Command::new("dpkg-query").args(["-W", "-f=${Version}", SOURCE_PACKAGE]),
+        "dpkg-query",
+    )?
+    .trim()
+    .to_owned();
+    let root = target_dir().join("kernel").join(format!("src-{version}"));
+    let dir = root.join("linux-source-6.12");
+    let stamp = root.join(".extracted");
+    if !stamp.exists() {
+        eprintln!("xtask: extracting {SOURCE_TARBALL} ({version})");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).map_err(|e| XtaskError::Output {
+            path: root.clone(),
+            problem: e.to_string(),
+        })?;
+        run_quiet(
+            Command::new("tar").arg("-xf").arg(SOURCE_TARBALL).arg("-C").arg(&root),
+            "tar -xf linux-source-6.12.tar.xz",
+        )?;
+        std::fs::write(&stamp, &version).map_err(|e| XtaskError::Output {
+            path: stamp.clone(),
+            problem: e.to_string(),
+        })?;
+    }
+    Ok(SourceTree { dir, version })
+}
+
+/// A built kernel.
+#[derive(Clone, Debug)]
+pub struct Built {
+    /// The bzImage.
+    pub bzimage: PathBuf,
+    /// The build output directory (incremental rebuilds reuse it).
+    pub build_dir: PathBuf,
+    /// Whether the cache answered without running make.
+    pub cached: bool,
+    /// The cache key.
+    pub key: String,
+}
+
+/// The config fragment applied on top of tinyconfig.
+pub fn fragment_path() -> PathBuf {
+    workspace_root().join("fixtures/kernel/kvmcap.config")
+}
+
+fn progress(done: usize, total: usize, what: &str, tty: bool, last_pct: &mut usize) {
+    let pct = (done * 100 / total.max(1)).min(99);
+    if tty {
+        let width = 30;
+        let filled = pct * width / 100;
+        eprint!("\r[{}{}] {:>3}% {:<50.50}", "#".repeat(filled), " ".repeat(width - filled), pct, what);
+        let _ = std::io::stderr().flush();
+    } else if pct >= *last_pct + 10 {
+        *last_pct = pct / 10 * 10;
+        eprintln!("xtask: kernel build {}%", *last_pct);
+    }
+}
+
+/// Configures and builds `tree` with the fragment into a build dir keyed by `extra_key`
+/// (the patch series' hash, or empty). Make's own dependency tracking keeps rebuilds
+/// incremental; a finished build with an unchanged key and tree is answered from the cache.
+pub fn build(tree: &SourceTree, extra_key: &str) -> Result<Built, XtaskError> {
+    ensure_packages(BUILD_PACKAGES)?;
+    let fragment = std::fs::read(fragment_path()).map_err(|e| XtaskError::Output {
+        path: fragment_path(),
+        problem: e.to_string(),
+    })?;
+    let key = format!(
+        "{:016x}",
+        fnv64(&[tree.version.as_bytes(), &fragment, extra_key.as_bytes()])
+    );
+    let build_dir = target_dir().join("kernel").join(format!("build-{key}"));
+    let bzimage = build_dir.join("arch/x86/boot/bzImage");
+    let stamp = build_dir.join(".kvmcap-built");
+    std::fs::create_dir_all(&build_dir).map_err(|e| XtaskError::Output {
+        path: build_dir.clone(),
+        problem: e.to_string(),
+    })?;
+    let make = |args: &[&str]| {
+        let mut c = Command::new("make");
+        c.arg("-C").arg(&tree.dir).arg(format!("O={}", build_dir.display())).args(args);
+        c
+    };
+    if !build_dir.join(".config").exists() || !stamp.exists() {
+        run_quiet(&mut make(&["tinyconfig"]), "make tinyconfig")?;
+        run_quiet(
+            Command::new(tree.dir.join("scripts/kconfig/merge_config.sh"))
+                .current_dir(&tree.dir)
+                .arg("-m")
+                .arg("-O")
+                .arg(&build_dir)
+                .arg(build_dir.join(".config"))
+                .arg(fragment_path()),
+            "merge_config.sh",
+        )?;
+        run_quiet(&mut make(&["olddefconfig"]), "make olddefconfig")?;
+    }
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()).to_string();
+    let log_path = build_dir.join("build.log");
+    let steps_path = build_dir.join(".kvmcap-steps");
+    let total: usize = std::fs::read_to_string(&steps_path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1400);
+    let mut child = make(&[&format!("-j{jobs}"), "bzImage"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| XtaskError::Spawn {
+            tool: "make".into(),
+            source,
+        })?;
+    let stderr = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(e) = stderr {
+            for l in BufReader::new(e).lines().map_while(Result::ok) {
+                text.push_str(&l);
+                text.push('\n');
+            }
+        }
+        text
+    });
+    let tty = std::io::stderr().is_terminal();
+    let mut log = String::new();
+    let mut steps = 0usize;
+    let mut last_pct = 0usize;
+    if let Some(out) = child.stdout.take() {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if l.starts_with("  ") && l.as_bytes().get(2).is_some_and(u8::is_ascii_uppercase) {
+                steps += 1;
+                progress(steps, total, l.trim(), tty, &mut last_pct);
+            }
+            log.push_str(&l);
+            log.push('\n');
+        }
+    }
+    let status = child.wait().map_err(|source| XtaskError::Spawn {
+        tool: "make".into(),
+        source,
+    })?;
+    if tty {
+        eprintln!();
+    }
+    log.push_str(&err_reader.join().unwrap_or_default());
+    let _ = std::fs::write(&log_path, &log);
+    if !status.success() {
+        let _ = std::fs::remove_file(&stamp);
+        return Err(XtaskError::Build {
+            command: format!("make bzImage (log: {})", log_path.display()),
+            status: status.to_string(),
+            tail: tail(&log, 25),
+        });
+    }
+    if steps > 200 {
+        let _ = std::fs::write(&steps_path, steps.to_string());
+    }
+    let cached = steps == 0 && stamp.exists();
+    let _ = std::fs::write(&stamp, &key);
+    Ok(Built {
+        bzimage,
+        build_dir,
+        cached,
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable_and_sensitive() {
+        assert_eq!(fnv64(&[b"a", b"b"]), fnv64(&[b"a", b"b"]));
+        assert_ne!(fnv64(&[b"ab"]), fnv64(&[b"a", b"b"]));
+        assert_ne!(fnv64(&[b"a"]), fnv64(&[b"b"]));
+    }
+
+    #[test]
+    fn a_bad_tree_is_named() {
+        let e = fetch(Some(Path::new("/nonexistent/tree"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/tree"), "{e}");
+    }
+
+    #[test]
+    fn tail_takes_the_end() {
+        assert_eq!(tail("a\nb\nc", 2), "; last lines:\nb\nc");
+    }
+}
