@@ -13,7 +13,17 @@ pub const SOURCE_PACKAGE: &str = "linux-source-6.12";
 /// What the package installs.
 pub const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 /// Debian packages a kernel build needs.
-pub const BUILD_PACKAGES: &[&str] = &["make", "gcc", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "cpio", "xz-utils"];
+pub const BUILD_PACKAGES: &[&str] = &[
+    "make",
+    "gcc",
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
+    "cpio",
+    "xz-utils",
+];
 
 /// A kernel source tree ready to configure.
 #[derive(Clone, Debug)]
@@ -58,7 +68,10 @@ fn run_quiet(cmd: &mut Command, what: &str) -> Result<String, XtaskError> {
 /// The last `n` lines of `text`, as a suffix for error messages.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    format!("; last lines:\n{}", lines[lines.len().saturating_sub(n)..].join("\n"))
+    format!(
+        "; last lines:\n{}",
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    )
 }
 
 fn is_root() -> bool {
@@ -100,7 +113,10 @@ pub fn ensure_packages(packages: &[&str]) -> Result<(), XtaskError> {
         });
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    run_quiet(Command::new("apt-get").arg("update").arg("-qq"), "apt-get update")?;
+    run_quiet(
+        Command::new("apt-get").arg("update").arg("-qq"),
+        "apt-get update",
+    )?;
     run_quiet(
         Command::new("apt-get")
             .args(["install", "-y", "-qq"])
@@ -117,7 +133,9 @@ pub fn fetch(tree: Option<&Path>) -> Result<SourceTree, XtaskError> {
         if !t.join("Makefile").exists() || !t.join("arch/x86").exists() {
             return Err(XtaskError::Missing {
                 what: format!("a kernel tree at {}", t.display()),
-                hint: "--kernel-tree must point at a Linux source tree (with Makefile and arch/x86)".into(),
+                hint:
+                    "--kernel-tree must point at a Linux source tree (with Makefile and arch/x86)"
+                        .into(),
             });
         }
         return Ok(SourceTree {
@@ -143,7 +161,11 @@ pub fn fetch(tree: Option<&Path>) -> Result<SourceTree, XtaskError> {
             problem: e.to_string(),
         })?;
         run_quiet(
-            Command::new("tar").arg("-xf").arg(SOURCE_TARBALL).arg("-C").arg(&root),
+            Command::new("tar")
+                .arg("-xf")
+                .arg(SOURCE_TARBALL)
+                .arg("-C")
+                .arg(&root),
             "tar -xf linux-source-6.12.tar.xz",
         )?;
         std::fs::write(&stamp, &version).map_err(|e| XtaskError::Output {
@@ -177,7 +199,13 @@ fn progress(done: usize, total: usize, what: &str, tty: bool, last_pct: &mut usi
     if tty {
         let width = 30;
         let filled = pct * width / 100;
-        eprint!("\r[{}{}] {:>3}% {:<50.50}", "#".repeat(filled), " ".repeat(width - filled), pct, what);
+        eprint!(
+            "\r[{}{}] {:>3}% {:<50.50}",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            pct,
+            what
+        );
         let _ = std::io::stderr().flush();
     } else if pct >= *last_pct + 10 {
         *last_pct = pct / 10 * 10;
@@ -207,7 +235,10 @@ pub fn build(tree: &SourceTree, extra_key: &str) -> Result<Built, XtaskError> {
     })?;
     let make = |args: &[&str]| {
         let mut c = Command::new("make");
-        c.arg("-C").arg(&tree.dir).arg(format!("O={}", build_dir.display())).args(args);
+        c.arg("-C")
+            .arg(&tree.dir)
+            .arg(format!("O={}", build_dir.display()))
+            .args(args);
         c
     };
     if !build_dir.join(".config").exists() || !stamp.exists() {
@@ -224,7 +255,9 @@ pub fn build(tree: &SourceTree, extra_key: &str) -> Result<Built, XtaskError> {
         )?;
         run_quiet(&mut make(&["olddefconfig"]), "make olddefconfig")?;
     }
-    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()).to_string();
+    let jobs = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .to_string();
     let log_path = build_dir.join("build.log");
     let steps_path = build_dir.join(".kvmcap-steps");
     let total: usize = std::fs::read_to_string(&steps_path)

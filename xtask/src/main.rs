@@ -50,13 +50,19 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
     };
     let mut it = args.iter();
     while let Some(x) = it.next() {
-        let mut value = |flag: &str| it.next().cloned().ok_or_else(|| XtaskError::Usage(format!("{flag} needs a value")));
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| XtaskError::Usage(format!("{flag} needs a value")))
+        };
         match x.as_str() {
             "--kernel-tree" => a.kernel_tree = Some(value("--kernel-tree")?.into()),
             "--kernel" => a.kernel = Some(value("--kernel")?.into()),
             "--scenario" => a.scenarios.push(value("--scenario")?),
             "--job" => a.jobs.push(value("--job")?),
-            s if s.starts_with('-') => return Err(XtaskError::Usage(format!("unknown option `{s}`"))),
+            s if s.starts_with('-') => {
+                return Err(XtaskError::Usage(format!("unknown option `{s}`")))
+            }
             s => a.positional.push(s.to_owned()),
         }
     }
@@ -65,7 +71,9 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
 
 /// The backends a scenario file lists.
 fn scenario_backends(name: &str) -> Result<Vec<String>, XtaskError> {
-    let path = xtask::workspace_root().join("fixtures/scenarios").join(format!("{name}.toml"));
+    let path = xtask::workspace_root()
+        .join("fixtures/scenarios")
+        .join(format!("{name}.toml"));
     let text = std::fs::read_to_string(&path).map_err(|e| XtaskError::Missing {
         what: format!("scenario {name} ({})", path.display()),
         hint: e.to_string(),
@@ -76,7 +84,11 @@ fn scenario_backends(name: &str) -> Result<Vec<String>, XtaskError> {
     })?;
     Ok(v.get("backends")
         .and_then(|b| b.as_array())
-        .map(|b| b.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|b| {
+            b.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default())
 }
 
@@ -127,7 +139,11 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
     let pos: Vec<&str> = a.positional.iter().map(String::as_str).collect();
     match pos.as_slice() {
         ["static", pkgs @ ..] => {
-            let pkgs: Vec<&str> = if pkgs.is_empty() { vec!["msr-probe"] } else { pkgs.to_vec() };
+            let pkgs: Vec<&str> = if pkgs.is_empty() {
+                vec!["msr-probe"]
+            } else {
+                pkgs.to_vec()
+            };
             for p in pkgs {
                 println!("{}", static_build::build(p)?.display());
             }
@@ -151,7 +167,10 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
             print!("{HELP}");
             Ok(true)
         }
-        other => Err(XtaskError::Usage(format!("unknown command `{}`", other.join(" ")))),
+        other => Err(XtaskError::Usage(format!(
+            "unknown command `{}`",
+            other.join(" ")
+        ))),
     }
 }
 

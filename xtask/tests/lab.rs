@@ -21,7 +21,10 @@ fn require(ok: bool, what: &str) -> bool {
 
 #[test]
 fn lab_jobs_pass_and_match_their_snapshots() {
-    if !require(lab::qemu().is_ok(), "qemu-system-x86_64 (apt-get install qemu-system-x86)") {
+    if !require(
+        lab::qemu().is_ok(),
+        "qemu-system-x86_64 (apt-get install qemu-system-x86)",
+    ) {
         return;
     }
     if !require(
@@ -47,7 +50,11 @@ fn lab_jobs_pass_and_match_their_snapshots() {
     eprint!("{}", run.table());
     for (job, result) in jobs.iter().zip(&run.jobs) {
         let outcome = result.as_ref().unwrap_or_else(|e| panic!("{job}: {e}"));
-        assert!(outcome.pass, "{job} failed: {}", serde_json::to_string_pretty(&outcome.report).unwrap_or_default());
+        assert!(
+            outcome.pass,
+            "{job} failed: {}",
+            serde_json::to_string_pretty(&outcome.report).unwrap_or_default()
+        );
         insta::assert_yaml_snapshot!(job.replace(':', "_"), outcome.snapshot);
     }
 }

@@ -8,8 +8,11 @@ use crate::feature::{FeatureSpec, ModelKind, PpinPair};
 use crate::vmm::cpuid::CpuVendor;
 use msr_probe::{Fault, MsrIndex};
 
-/// A feature's MSR semantics, shared by all vCPUs of a VM.
+/// A feature's MSR semantics for one vCPU. Like KVM, kvmcap keeps MSR state per vCPU; the VMM
+/// starts every vCPU in the same state, so a guest sees one PPIN on all of them.
 pub trait MsrModel: Send {
+    /// A copy in the same state (one per vCPU).
+    fn boxed_clone(&self) -> Box<dyn MsrModel>;
     /// Whether the model serves `index` (it is one of the feature's MSRs).
     fn handles(&self, index: MsrIndex) -> bool;
     /// A guest `rdmsr`.
@@ -20,8 +23,8 @@ pub trait MsrModel: Send {
     fn restore(&mut self, index: MsrIndex, value: u64) -> Result<(), String>;
 }
 
-/// PPIN per design.md: one PPIN_CTL and one value for the VM, seen through the pair the
-/// guest's CPUID announces; pairs not announced raise #GP.
+/// PPIN per design.md: a PPIN_CTL and a value, seen through the pair the guest's CPUID
+/// announces; pairs not announced raise #GP.
 #[derive(Clone, Debug)]
 pub struct PpinModel {
     pairs: Vec<(PpinPair, bool)>,
@@ -43,6 +46,10 @@ impl PpinModel {
 }
 
 impl MsrModel for PpinModel {
+    fn boxed_clone(&self) -> Box<dyn MsrModel> {
+        Box::new(self.clone())
+    }
+
     fn handles(&self, index: MsrIndex) -> bool {
         self.pair(index).is_some()
     }
@@ -104,6 +111,10 @@ impl KvmMsrModel {
 }
 
 impl MsrModel for KvmMsrModel {
+    fn boxed_clone(&self) -> Box<dyn MsrModel> {
+        Box::new(self.clone())
+    }
+
     fn handles(&self, index: MsrIndex) -> bool {
         self.values.iter().any(|(i, _)| *i == index)
     }

@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::kvm::KvmError;
 use crate::vmm::console::{Console, ConsoleWriter};
-use crate::vmm::machine::{check_vcpus, prepare, FeatureRun, Limits, SharedModel, VmmError};
+use crate::vmm::machine::{check_vcpus, prepare, FeatureRun, Limits, VcpuModel, VmmError};
 use crate::vmm::vcpu::{run_vcpus, ExitHandler, Flow, VcpuEnd};
 use crate::vmm::{boot, mptable};
 use msr_probe::frame::{Frame, FrameError};
@@ -106,7 +106,7 @@ type SharedSerial = Arc<Mutex<Serial<IrqTrigger, vm_superio::serial::NoEvents, C
 struct LinuxHandler {
     serial: SharedSerial,
     console: Arc<Mutex<Console>>,
-    model: Option<SharedModel>,
+    model: Option<VcpuModel>,
 }
 
 impl LinuxHandler {
@@ -146,16 +146,14 @@ impl ExitHandler for LinuxHandler {
         Flow::Continue
     }
     fn rdmsr(&mut self, index: MsrIndex) -> Result<u64, Fault> {
-        match &self.model {
-            Some(m) => m.lock().map_err(|_| Fault::Gp)?.read(index),
-            None => Err(Fault::Gp),
-        }
+        self.model
+            .as_mut()
+            .map_or(Err(Fault::Gp), |m| m.read(index))
     }
     fn wrmsr(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault> {
-        match &self.model {
-            Some(m) => m.lock().map_err(|_| Fault::Gp)?.write(index, value),
-            None => Err(Fault::Gp),
-        }
+        self.model
+            .as_mut()
+            .map_or(Err(Fault::Gp), |m| m.write(index, value))
     }
 }
 
@@ -337,7 +335,7 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
             LinuxHandler {
                 serial: serial.clone(),
                 console: console.clone(),
-                model: ctx.model.clone(),
+                model: ctx.vcpu_model(),
             },
         ));
     }

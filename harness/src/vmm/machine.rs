@@ -2,7 +2,6 @@
 //! run every vCPU to its end or the deadline, and read back what the guest recorded.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_mp_state, kvm_msr_entry, Msrs, KVM_MP_STATE_RUNNABLE};
@@ -123,7 +122,7 @@ pub struct BareOutcome {
 const MAX_STRAY: usize = 32;
 
 struct BareHandler {
-    model: Option<Arc<Mutex<Box<dyn MsrModel>>>>,
+    model: Option<VcpuModel>,
     stray: Vec<String>,
 }
 
@@ -161,16 +160,14 @@ impl ExitHandler for BareHandler {
         Flow::Continue
     }
     fn rdmsr(&mut self, index: MsrIndex) -> Result<u64, Fault> {
-        match &self.model {
-            Some(m) => m.lock().map_err(|_| Fault::Gp)?.read(index),
-            None => Err(Fault::Gp),
-        }
+        self.model
+            .as_mut()
+            .map_or(Err(Fault::Gp), |m| m.read(index))
     }
     fn wrmsr(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault> {
-        match &self.model {
-            Some(m) => m.lock().map_err(|_| Fault::Gp)?.write(index, value),
-            None => Err(Fault::Gp),
-        }
+        self.model
+            .as_mut()
+            .map_or(Err(Fault::Gp), |m| m.write(index, value))
     }
 }
 
@@ -317,8 +314,8 @@ fn vcpu_err(cpu: u8, what: &str) -> impl Fn(vmm_sys_util::errno::Error) -> VmmEr
     }
 }
 
-/// A feature's model shared by every vCPU of a VM.
-pub type SharedModel = Arc<Mutex<Box<dyn MsrModel>>>;
+/// A feature's model, one per vCPU.
+pub type VcpuModel = Box<dyn MsrModel>;
 
 /// How a feature is put into a VM, for any guest.
 #[derive(Clone, Copy)]
@@ -353,8 +350,8 @@ pub struct VmContext {
     pub vendor: CpuVendor,
     /// What negotiation did.
     pub negotiation: Vec<NegotiationStep>,
-    /// The user backend's model.
-    pub model: Option<SharedModel>,
+    /// The user backend's model in its starting state (each vCPU gets a copy).
+    pub model: Option<VcpuModel>,
     /// The model inputs in force (the oracle's starting state).
     pub inputs: Option<ModelInputs>,
     /// MSR values KVM serves (kernel backend), set on every vCPU.
@@ -389,7 +386,7 @@ pub fn prepare(kvm_path: &std::path::Path, run: FeatureRun<'_>) -> Result<Prepar
     let negotiation = negotiate(&kvm, &vm, &requests)
         .map_err(|(steps, error)| VmmError::Negotiation { steps, error })?;
 
-    let model: Option<SharedModel> = match (run.backend, run.feature, &inputs) {
+    let model: Option<VcpuModel> = match (run.backend, run.feature, &inputs) {
         (Backend::User, Some(f), Some(inp)) => {
             let mut m = build_model(f, inp);
             for (i, v) in run.initial {
@@ -420,7 +417,7 @@ pub fn prepare(kvm_path: &std::path::Path, run: FeatureRun<'_>) -> Result<Prepar
                     ioctl: "KVM_X86_SET_MSR_FILTER".into(),
                     source,
                 })?;
-            Some(Arc::new(Mutex::new(m)))
+            Some(m)
         }
         _ => None,
     };
@@ -484,6 +481,11 @@ pub fn prepare(kvm_path: &std::path::Path, run: FeatureRun<'_>) -> Result<Prepar
 }
 
 impl VmContext {
+    /// The user backend's model for one vCPU.
+    pub fn vcpu_model(&self) -> Option<VcpuModel> {
+        self.model.as_ref().map(|m| m.boxed_clone())
+    }
+
     /// Per-vCPU state every guest needs: CPUID (APIC ID, feature bits) and the feature's MSRs.
     pub fn setup_vcpu(&self, vcpu: &VcpuFd, cpu: u8, count: u8) -> Result<(), VmmError> {
         let table =
@@ -556,7 +558,7 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
         runnable.push((
             vcpu,
             BareHandler {
-                model: ctx.model.clone(),
+                model: ctx.vcpu_model(),
                 stray: Vec::new(),
             },
         ));
