@@ -8,7 +8,9 @@
 //!   `/guest/initramfs.cpio`) and verifies what it reads (the feature's MSRs);
 //! - `catalog:FEATURE:BACKEND:VCPUS` the same with the whole catalog;
 //! - `run:SCENARIO:BACKEND:VCPUS` runs `/scenarios/SCENARIO.toml` on the bare guest;
-//! - `probe:FEATURE:BACKEND:VCPUS` the bare probe of the feature's MSRs.
+//! - `probe:FEATURE:BACKEND:VCPUS` the bare probe of the feature's MSRs;
+//! - `selftest:NAME:kernel:1` runs the KVM selftest `/selftests/NAME` (built from the patched
+//!   tree); it passes on exit 0 (a skip, exit 4, is a failure: the lab must have the cap).
 //!
 //! Host values come from `KVMCAP_LAB_HOST` (`NAME=VALUE` words separated by `+`).
 
@@ -61,7 +63,7 @@ pub fn parse_jobs(text: &str) -> Result<Vec<Job>, String> {
                     "lab job `{j}`: expected KIND:SUBJECT:BACKEND:VCPUS"
                 ));
             };
-            if !matches!(kind, "verify" | "catalog" | "run" | "probe") {
+            if !matches!(kind, "verify" | "catalog" | "run" | "probe" | "selftest") {
                 return Err(format!("lab job `{j}`: unknown kind `{kind}`"));
             }
             Ok(Job {
@@ -89,6 +91,8 @@ pub struct LabPaths {
     pub guest_initramfs: PathBuf,
     /// The scenarios folder.
     pub scenarios: PathBuf,
+    /// The selftests folder.
+    pub selftests: PathBuf,
 }
 
 impl Default for LabPaths {
@@ -98,6 +102,7 @@ impl Default for LabPaths {
             guest_kernel: "/guest/bzImage".into(),
             guest_initramfs: "/guest/initramfs.cpio".into(),
             scenarios: "/scenarios".into(),
+            selftests: "/selftests".into(),
         }
     }
 }
@@ -146,6 +151,25 @@ pub fn run_job(
         ..Limits::default()
     };
     match job.kind.as_str() {
+        "selftest" => {
+            let path = paths.selftests.join(&job.subject);
+            match std::process::Command::new(&path).output() {
+                Ok(out) => {
+                    let code = out.status.code().unwrap_or(-1);
+                    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                    text.push_str(&String::from_utf8_lossy(&out.stderr));
+                    // Bounded: the whole report must fit a frame comfortably.
+                    let keep = text.len().saturating_sub(16 * 1024);
+                    JobResult {
+                        job: job.name(),
+                        pass: code == 0,
+                        snapshot: serde_json::json!({ "selftest": job.subject, "exit": code }),
+                        report: serde_json::json!({ "exit": code, "output": &text[text.ceil_char_boundary(keep)..] }),
+                    }
+                }
+                Err(e) => fail(format!("{}: {e}", path.display())),
+            }
+        }
         "run" => {
             let path = paths.scenarios.join(format!("{}.toml", job.subject));
             let scenario = match Scenario::find(&path.display().to_string(), catalog) {

@@ -62,8 +62,9 @@ pub fn guest() -> Result<PathBuf, XtaskError> {
     Ok(path)
 }
 
-/// Builds the lab initramfs around `guest_kernel` and returns its path.
-pub fn lab(guest_kernel: &Path) -> Result<PathBuf, XtaskError> {
+/// Builds the lab initramfs around `guest_kernel`, with `selftests` under `/selftests/`, and
+/// returns its path.
+pub fn lab(guest_kernel: &Path, selftests: &[PathBuf]) -> Result<PathBuf, XtaskError> {
     let guest = guest()?;
     let kvmcap = static_build::build("kvmcap")?;
     let mut b = base();
@@ -71,7 +72,15 @@ pub fn lab(guest_kernel: &Path) -> Result<PathBuf, XtaskError> {
         .dir("guest")
         .file("guest/bzImage", 0o644, read(guest_kernel)?)
         .file("guest/initramfs.cpio", 0o644, read(&guest)?)
-        .dir("scenarios");
+        .dir("scenarios")
+        .dir("selftests");
+    for t in selftests {
+        let name = t
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        b.file(&format!("selftests/{name}"), 0o755, read(t)?);
+    }
     let dir = workspace_root().join("fixtures/scenarios");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| XtaskError::Output {

@@ -3,9 +3,14 @@
 
 use std::path::PathBuf;
 
+pub mod codegen;
 pub mod initramfs;
 pub mod kernel;
 pub mod lab;
+pub mod patches;
+pub mod pbv;
+pub mod pipeline;
+pub mod selftest;
 pub mod static_build;
 
 /// Why an xtask step failed.
@@ -48,6 +53,16 @@ pub enum XtaskError {
         /// The end of the lab console.
         tail: String,
     },
+    /// a patch of the series does not apply
+    #[error("{} does not apply (hunk failed in {file}):\n{output}", patch.display())]
+    Patch {
+        /// The patch.
+        patch: PathBuf,
+        /// The file whose hunk failed.
+        file: String,
+        /// GNU patch's output.
+        output: String,
+    },
     /// an output is not what it must be
     #[error("{path}: {problem}")]
     Output {
@@ -68,6 +83,7 @@ impl XtaskError {
             Self::Output { .. } => 4,
             Self::Missing { .. } => 5,
             Self::Lab { .. } => 6,
+            Self::Patch { .. } => 7,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use xtask::{initramfs, kernel, lab, static_build, XtaskError};
+use xtask::{codegen, initramfs, kernel, lab, patches, pbv, pipeline, static_build, XtaskError};
 
 const HELP: &str = "\
 cargo xtask: kvmcap's build loop
@@ -20,23 +20,34 @@ USAGE:
     cargo xtask kernel build [--kernel-tree DIR]
                                         tinyconfig + fixtures/kernel/kvmcap.config, cached by
                                         source version and fragment hash
+    cargo xtask patch                   apply kernel-patches/ to a copy of the source; a hunk
+                                        that fails is named with its file
+    cargo xtask codegen                 bindgen the series' uAPI constants into
+                                        harness/src/kvm/ppin_uapi.rs (needs libclang-dev)
     cargo xtask lab [--scenario NAME ...] [--job KIND:SUBJECT:BACKEND:VCPUS ...]
-                    [--kernel-tree DIR] [--kernel BZIMAGE]
-                                        build the kernel and the lab initramfs, boot the lab
-                                        under qemu-system-x86_64 -accel tcg -cpu max, run the
-                                        jobs inside, print the verdicts (reports and the
-                                        console log under target/kvmcap/lab/)
+                    [--kernel-tree DIR]
+                                        build the patched kernel and the lab initramfs, boot
+                                        the lab under qemu-system-x86_64 -accel tcg -cpu max,
+                                        run the jobs inside, print the verdicts (reports and
+                                        the console log under target/kvmcap/lab/)
+    cargo xtask patch-boot-verify [--kernel-tree DIR] [--bless]
+                                        the whole loop: patch, build, boot the lab, run the
+                                        series' selftest and every PPIN scenario and Linux-guest
+                                        verify with backend kernel and user on 1 and 2 vCPUs;
+                                        kernel must equal user and kernel-patches/expected/
+                                        (--bless rewrites those); logs under target/kvmcap/pbv/
     cargo xtask help                    this help
 
 EXIT CODES: 0 pass, 1 usage or a failed verdict, 2 a tool could not start, 3 build failed,
             4 bad output, 5 something missing (with the command that installs it), 6 lab failed
+            (hung, panicked, or no report), 7 a patch of the series does not apply
 ";
 
 struct Args {
     positional: Vec<String>,
     kernel_tree: Option<PathBuf>,
-    kernel: Option<PathBuf>,
     scenarios: Vec<String>,
+    bless: bool,
     jobs: Vec<String>,
 }
 
@@ -44,8 +55,8 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
     let mut a = Args {
         positional: Vec::new(),
         kernel_tree: None,
-        kernel: None,
         scenarios: Vec::new(),
+        bless: false,
         jobs: Vec::new(),
     };
     let mut it = args.iter();
@@ -57,7 +68,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         };
         match x.as_str() {
             "--kernel-tree" => a.kernel_tree = Some(value("--kernel-tree")?.into()),
-            "--kernel" => a.kernel = Some(value("--kernel")?.into()),
+            "--bless" => a.bless = true,
             "--scenario" => a.scenarios.push(value("--scenario")?),
             "--job" => a.jobs.push(value("--job")?),
             s if s.starts_with('-') => {
@@ -92,21 +103,6 @@ fn scenario_backends(name: &str) -> Result<Vec<String>, XtaskError> {
         .unwrap_or_default())
 }
 
-fn build_kernel(a: &Args) -> Result<PathBuf, XtaskError> {
-    if let Some(k) = &a.kernel {
-        return Ok(k.clone());
-    }
-    let tree = kernel::fetch(a.kernel_tree.as_deref())?;
-    let built = kernel::build(&tree, "")?;
-    eprintln!(
-        "xtask: kernel {} ({}{})",
-        built.bzimage.display(),
-        tree.version,
-        if built.cached { ", cached" } else { "" }
-    );
-    Ok(built.bzimage)
-}
-
 fn cmd_lab(a: &Args) -> Result<bool, XtaskError> {
     let mut jobs = a.jobs.clone();
     for s in &a.scenarios {
@@ -117,12 +113,11 @@ fn cmd_lab(a: &Args) -> Result<bool, XtaskError> {
     if jobs.is_empty() {
         jobs = lab::DEFAULT_JOBS.iter().map(|s| s.to_string()).collect();
     }
-    let kernel = build_kernel(a)?;
-    let initramfs = initramfs::lab(&kernel)?;
+    let art = pipeline::prepare(a.kernel_tree.as_deref())?;
     let out = initramfs::out_dir().join("lab");
     let run = lab::run(&lab::LabOptions {
-        kernel,
-        initramfs,
+        kernel: art.built.bzimage,
+        initramfs: art.initramfs,
         jobs,
         cpus: 2,
         mem_mib: 1024,
@@ -132,6 +127,26 @@ fn cmd_lab(a: &Args) -> Result<bool, XtaskError> {
     lab::save_reports(&run, &out)?;
     print!("{}", run.table());
     Ok(run.pass())
+}
+
+fn cmd_pbv(a: &Args) -> Result<bool, XtaskError> {
+    let art = pipeline::prepare(a.kernel_tree.as_deref())?;
+    let out = initramfs::out_dir().join("pbv");
+    let run = lab::run(&lab::LabOptions {
+        kernel: art.built.bzimage,
+        initramfs: art.initramfs,
+        jobs: pbv::jobs(),
+        cpus: 2,
+        mem_mib: 1024,
+        deadline: Duration::from_secs(900),
+        console_log: out.join("console.log"),
+    })?;
+    lab::save_reports(&run, &out)?;
+    print!("{}", run.table());
+    let checks = pbv::check(&run, a.bless)?;
+    print!("{}", pbv::table(&checks));
+    eprintln!("xtask: reports and logs in {}", out.display());
+    Ok(checks.iter().all(|c| c.pass))
 }
 
 fn run(args: &[String]) -> Result<bool, XtaskError> {
@@ -159,10 +174,29 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
             Ok(true)
         }
         ["kernel", "build"] => {
-            println!("{}", build_kernel(&a)?.display());
+            let tree = match a.kernel_tree.as_deref() {
+                Some(t) => kernel::fetch(Some(t))?,
+                None => patches::apply(&kernel::fetch(None)?, &patches::series_dir())?,
+            };
+            println!("{}", kernel::build(&tree, "")?.bzimage.display());
+            Ok(true)
+        }
+        ["patch"] => {
+            let tree = patches::apply(&kernel::fetch(None)?, &patches::series_dir())?;
+            println!("{}", tree.dir.display());
+            Ok(true)
+        }
+        ["codegen"] => {
+            let list = patches::series(&patches::series_dir())?;
+            let tree = patches::apply(&kernel::fetch(None)?, &patches::series_dir())?;
+            println!(
+                "{}",
+                codegen::generate(&tree, &patches::series_hash(&list)?)?.display()
+            );
             Ok(true)
         }
         ["lab"] => cmd_lab(&a),
+        ["patch-boot-verify"] => cmd_pbv(&a),
         [] | ["help"] => {
             print!("{HELP}");
             Ok(true)

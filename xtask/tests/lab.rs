@@ -33,13 +33,11 @@ fn lab_jobs_pass_and_match_their_snapshots() {
     ) {
         return;
     }
-    let tree = kernel::fetch(None).expect("kernel source");
-    let built = kernel::build(&tree, "").expect("kernel build");
-    let initramfs = initramfs::lab(&built.bzimage).expect("lab initramfs");
+    let art = xtask::pipeline::prepare(None).expect("patched kernel, selftest and lab initramfs");
     let jobs: Vec<String> = lab::DEFAULT_JOBS.iter().map(|s| s.to_string()).collect();
     let run = lab::run(&lab::LabOptions {
-        kernel: built.bzimage.clone(),
-        initramfs,
+        kernel: art.built.bzimage.clone(),
+        initramfs: art.initramfs.clone(),
         jobs: jobs.clone(),
         cpus: 2,
         mem_mib: 1024,

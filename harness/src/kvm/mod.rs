@@ -12,6 +12,7 @@
 
 pub mod cap_names;
 pub mod kick;
+pub mod ppin_uapi;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -24,8 +25,8 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 /// The project's own capability numbers, next to upstream's (see kernel-patches/README.md).
 pub const KVMCAP_OWN_CAPS: &[(u32, &str)] = &[(KVM_CAP_PPIN, "KVM_CAP_PPIN")];
 
-/// `KVM_CAP_PPIN`, from the kernel-patches series.
-pub const KVM_CAP_PPIN: u32 = 1024;
+/// `KVM_CAP_PPIN`, from the kernel-patches series (generated from its headers).
+pub const KVM_CAP_PPIN: u32 = ppin_uapi::KVM_CAP_PPIN;
 
 /// The only KVM API version there has ever been.
 pub const KVM_API_VERSION: i32 = 12;

@@ -1,0 +1,202 @@
+//! The KVM_CAP_PPIN series in `kernel-patches/`: applied with GNU patch onto a hard-linked copy
+//! of the pristine source, so re-applying a changed series rewrites only the files the series
+//! touches and the kernel rebuild stays incremental.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::kernel::{fnv64, SourceTree};
+use crate::{target_dir, workspace_root, XtaskError};
+
+/// The series folder.
+pub fn series_dir() -> PathBuf {
+    workspace_root().join("kernel-patches")
+}
+
+/// The patches named by `kernel-patches/series`, in order.
+pub fn series(dir: &Path) -> Result<Vec<PathBuf>, XtaskError> {
+    let file = dir.join("series");
+    let text = std::fs::read_to_string(&file).map_err(|e| XtaskError::Missing {
+        what: file.display().to_string(),
+        hint: e.to_string(),
+    })?;
+    let patches: Vec<PathBuf> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| dir.join(l))
+        .collect();
+    if patches.is_empty() {
+        return Err(XtaskError::Missing {
+            what: "patches".into(),
+            hint: format!("{} lists none", file.display()),
+        });
+    }
+    for p in &patches {
+        if !p.exists() {
+            return Err(XtaskError::Missing {
+                what: p.display().to_string(),
+                hint: format!("named in {}", file.display()),
+            });
+        }
+    }
+    Ok(patches)
+}
+
+/// The hash of the series' contents.
+pub fn series_hash(patches: &[PathBuf]) -> Result<String, XtaskError> {
+    let mut parts = Vec::new();
+    for p in patches {
+        parts.push(std::fs::read(p).map_err(|e| XtaskError::Output {
+            path: p.clone(),
+            problem: e.to_string(),
+        })?);
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    Ok(format!("{:016x}", fnv64(&refs)))
+}
+
+/// The files a patch touches (its `+++ b/...` lines).
+pub fn touched_files(patch: &str) -> Vec<String> {
+    patch
+        .lines()
+        .filter_map(|l| l.strip_prefix("+++ b/"))
+        .map(|f| f.split('\t').next().unwrap_or(f).trim().to_owned())
+        .collect()
+}
+
+/// Why a patch did not apply, from GNU patch's output: the file whose hunk failed.
+pub fn failed_file(output: &str) -> Option<String> {
+    let mut current = None;
+    for l in output.lines() {
+        if let Some(f) = l.strip_prefix("patching file ") {
+            current = Some(f.trim().trim_matches('\'').to_owned());
+        }
+        if l.contains("FAILED") || l.contains("can't find file") || l.contains("malformed patch") {
+            return current.or_else(|| Some("?".into()));
+        }
+    }
+    None
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> XtaskError + '_ {
+    move |e| XtaskError::Output {
+        path: path.to_owned(),
+        problem: e.to_string(),
+    }
+}
+
+/// Applies the series in `dir` to a copy of `pristine`, returning the patched tree. The copy
+/// is kept between runs: files the previously applied series touched are restored first.
+pub fn apply(pristine: &SourceTree, dir: &Path) -> Result<SourceTree, XtaskError> {
+    let patches = series(dir)?;
+    let hash = series_hash(&patches)?;
+    let root = target_dir().join("kernel").join("patched");
+    let tree = root.join("linux-source-6.12");
+    let stamp = root.join(".applied");
+    let touched_file = root.join(".touched");
+    let version = format!("{}+kvmcap", pristine.version);
+    let base_stamp = root.join(".base");
+    let base_ok = std::fs::read_to_string(&base_stamp).is_ok_and(|b| b == pristine.version);
+    if !base_ok {
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let status = Command::new("cp")
+            .arg("-al")
+            .arg(&pristine.dir)
+            .arg(&tree)
+            .status()
+            .map_err(|source| XtaskError::Spawn {
+                tool: "cp".into(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(XtaskError::Build {
+                command: "cp -al (hard-linked source copy)".into(),
+                status: status.to_string(),
+                tail: String::new(),
+            });
+        }
+        std::fs::write(&base_stamp, &pristine.version).map_err(io(&base_stamp))?;
+    }
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == hash) {
+        return Ok(SourceTree { dir: tree, version });
+    }
+    // Restore what the previous series touched (fresh inodes: the pristine tree stays intact).
+    let _ = std::fs::remove_file(&stamp);
+    let previous = std::fs::read_to_string(&touched_file).unwrap_or_default();
+    for f in previous.lines().filter(|l| !l.is_empty()) {
+        let (src, dst) = (pristine.dir.join(f), tree.join(f));
+        let _ = std::fs::remove_file(&dst);
+        if src.exists() {
+            std::fs::copy(&src, &dst).map_err(io(&dst))?;
+        }
+    }
+    let mut touched = Vec::new();
+    for p in &patches {
+        let text = std::fs::read_to_string(p).map_err(io(p))?;
+        touched.extend(touched_files(&text));
+        // Record before applying, so a half-applied series is undone next time.
+        std::fs::write(&touched_file, touched.join("\n")).map_err(io(&touched_file))?;
+        let out = Command::new("patch")
+            .args([
+                "-p1",
+                "--forward",
+                "--no-backup-if-mismatch",
+                "-r",
+                "-",
+                "-i",
+            ])
+            .arg(p)
+            .current_dir(&tree)
+            .output()
+            .map_err(|source| XtaskError::Spawn {
+                tool: "patch (apt-get install patch)".into(),
+                source,
+            })?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            return Err(XtaskError::Patch {
+                patch: p.clone(),
+                file: failed_file(&text).unwrap_or_else(|| "?".into()),
+                output: text.trim().to_owned(),
+            });
+        }
+    }
+    std::fs::write(&stamp, &hash).map_err(io(&stamp))?;
+    Ok(SourceTree { dir: tree, version })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_patch_output() {
+        let out =
+            "patching file arch/x86/kvm/x86.c\nHunk #2 FAILED at 3350.\n1 out of 4 hunks FAILED\n";
+        assert_eq!(failed_file(out).as_deref(), Some("arch/x86/kvm/x86.c"));
+        assert_eq!(failed_file("patching file a.c\n"), None);
+        let p = "--- a/x.c\n+++ b/x.c\n@@ -1 +1 @@\n--- a/y/z.h\n+++ b/y/z.h\n";
+        assert_eq!(touched_files(p), vec!["x.c", "y/z.h"]);
+    }
+
+    #[test]
+    fn the_committed_series_is_complete() {
+        let patches = series(&series_dir()).expect("kernel-patches/series lists existing patches");
+        assert!(patches.len() >= 3);
+        for p in &patches {
+            let text = std::fs::read_to_string(p).unwrap();
+            assert!(
+                text.contains("Signed-off-by: kvmcap developers"),
+                "{}",
+                p.display()
+            );
+            assert!(!touched_files(&text).is_empty(), "{}", p.display());
+        }
+    }
+}

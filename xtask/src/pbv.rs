@@ -1,0 +1,333 @@
+//! `cargo xtask patch-boot-verify`: patch KVM, build it, boot it in the lab, and prove the
+//! guest sees the feature: the series' selftest, every PPIN scenario and the Linux-guest
+//! verify with backend `kernel` and with backend `user` on 1 and 2 vCPUs. The kernel's
+//! verdicts must equal the userspace model's (the oracle) and the committed expectations in
+//! `kernel-patches/expected/`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::lab::{JobOutcome, LabRun};
+use crate::{workspace_root, XtaskError};
+
+/// The selftest the series adds.
+pub const SELFTEST: &str = "ppin_test";
+
+/// The paired jobs: each runs with `kernel` and with `user`.
+pub const PAIRED: &[(&str, &str, u8)] = &[
+    ("run", "ppin-ctl-states", 1),
+    ("run", "ppin-ctl-states", 2),
+    ("probe", "ppin", 2),
+    ("verify", "ppin", 1),
+    ("verify", "ppin", 2),
+];
+
+/// Every lab job of a patch-boot-verify run.
+pub fn jobs() -> Vec<String> {
+    let mut v = vec![format!("selftest:{SELFTEST}:kernel:1")];
+    for (kind, subject, vcpus) in PAIRED {
+        for backend in ["kernel", "user"] {
+            v.push(format!("{kind}:{subject}:{backend}:{vcpus}"));
+        }
+    }
+    v.push("run:ppin-absent:none:2".into());
+    v
+}
+
+/// Where the committed expectations live.
+pub fn expected_dir() -> PathBuf {
+    workspace_root().join("kernel-patches/expected")
+}
+
+/// A job's view with the backend named neutrally, so kernel and user compare equal.
+pub fn neutral(view: &Value) -> Value {
+    match view {
+        Value::Object(m) => {
+            let mut m = m.clone();
+            m.remove("backend");
+            m.remove("negotiation");
+            Value::Object(m)
+        }
+        Value::Array(lines) => Value::Array(
+            lines
+                .iter()
+                .map(|l| match l.as_str() {
+                    Some(s) => Value::String(
+                        s.replace("backend kernel", "backend *")
+                            .replace("backend user", "backend *"),
+                    ),
+                    None => l.clone(),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The first place two views differ, in words (a scenario step, or a reading).
+pub fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                first_difference(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    &format!("{path}.{k}"),
+                )
+            })
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for i in 0..x.len().max(y.len()) {
+                let (p, q) = (
+                    x.get(i).unwrap_or(&Value::Null),
+                    y.get(i).unwrap_or(&Value::Null),
+                );
+                // Name scenario steps by their line, readings by their cpu and MSR.
+                let label = match (p.as_str(), p.get("cpu"), p.get("msr")) {
+                    (Some(_), _, _) => format!("{path}[{i}]"),
+                    (None, Some(c), Some(m)) => {
+                        format!("{path}[cpu{c} {}]", m.as_str().unwrap_or("?"))
+                    }
+                    _ => format!("{path}[{i}]"),
+                };
+                if let Some(d) = first_difference(p, q, &label) {
+                    return Some(d);
+                }
+            }
+            None
+        }
+        _ if a == b => None,
+        _ => Some(format!("{path}: {a} vs {b}")),
+    }
+}
+
+/// One row of the summary.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// What was checked.
+    pub what: String,
+    /// Whether it holds.
+    pub pass: bool,
+    /// The difference, if any.
+    pub detail: String,
+}
+
+fn file_name(job: &str) -> String {
+    job.replace(':', "_")
+}
+
+fn outcome<'a>(run: &'a LabRun, job: &str) -> Result<&'a JobOutcome, String> {
+    run.jobs
+        .iter()
+        .flatten()
+        .find(|o| o.job == job)
+        .ok_or_else(|| {
+            run.jobs
+                .iter()
+                .filter_map(|j| j.as_ref().err())
+                .find(|e| e.starts_with(job))
+                .cloned()
+                .unwrap_or_else(|| format!("{job}: no report"))
+        })
+}
+
+/// Checks a lab run: every job passed, kernel == user for each pair, and each pair equals its
+/// committed expectation (written instead when `bless`).
+pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
+    let mut checks = Vec::new();
+    for job in jobs() {
+        let c = match outcome(run, &job) {
+            Ok(o) => Check {
+                what: job.clone(),
+                pass: o.pass,
+                detail: if o.pass {
+                    String::new()
+                } else {
+                    summary_of_failure(&o.report)
+                },
+            },
+            Err(e) => Check {
+                what: job.clone(),
+                pass: false,
+                detail: e,
+            },
+        };
+        checks.push(c);
+    }
+    let dir = expected_dir();
+    for (kind, subject, vcpus) in PAIRED {
+        let k = format!("{kind}:{subject}:kernel:{vcpus}");
+        let u = format!("{kind}:{subject}:user:{vcpus}");
+        let name = format!("{kind}:{subject}:*:{vcpus}");
+        let (Ok(ko), Ok(uo)) = (outcome(run, &k), outcome(run, &u)) else {
+            checks.push(Check {
+                what: format!("{name} kernel == user"),
+                pass: false,
+                detail: "a report is missing".into(),
+            });
+            continue;
+        };
+        let (kv, uv) = (neutral(&ko.snapshot), neutral(&uo.snapshot));
+        let diff = first_difference(&kv, &uv, "");
+        checks.push(Check {
+            what: format!("{name} kernel == user"),
+            pass: diff.is_none(),
+            detail: diff
+                .map(|d| format!("kernel vs user at {d}"))
+                .unwrap_or_default(),
+        });
+        let path = dir.join(format!("{}.json", file_name(&name.replace('*', "any"))));
+        if bless {
+            std::fs::create_dir_all(&dir).map_err(|e| XtaskError::Output {
+                path: dir.clone(),
+                problem: e.to_string(),
+            })?;
+            let text = serde_json::to_string_pretty(&uv).unwrap_or_default() + "\n";
+            std::fs::write(&path, text).map_err(|e| XtaskError::Output {
+                path: path.clone(),
+                problem: e.to_string(),
+            })?;
+        }
+        let expected: Option<Value> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let (pass, detail) = match expected {
+            Some(e) => match first_difference(&uv, &e, "") {
+                None => (true, String::new()),
+                Some(d) => (false, format!("run vs committed {} at {d}", rel(&path))),
+            },
+            None => (
+                false,
+                format!("no committed expectation {} (run with --bless)", rel(&path)),
+            ),
+        };
+        checks.push(Check {
+            what: format!("{name} == committed"),
+            pass,
+            detail,
+        });
+    }
+    Ok(checks)
+}
+
+fn rel(p: &Path) -> String {
+    p.strip_prefix(workspace_root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}
+
+fn summary_of_failure(report: &Value) -> String {
+    if let Some(s) = report.as_str() {
+        return s.lines().next().unwrap_or("").to_owned();
+    }
+    if let Some(out) = report.get("output").and_then(Value::as_str) {
+        return out
+            .lines()
+            .filter(|l| l.contains("FAIL") || l.contains("Assertion") || l.contains("not ok"))
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" | ");
+    }
+    // Scenario reports: the first failing step.
+    if let Some(cases) = report.get("cases").and_then(Value::as_array) {
+        for c in cases {
+            for s in c
+                .get("steps")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if s.get("pass") == Some(&Value::Bool(false)) {
+                    return format!(
+                        "case {}: cpu{} {}: expected {} seen {}",
+                        c["name"].as_str().unwrap_or("?"),
+                        s["cpu"],
+                        s["what"].as_str().unwrap_or("?"),
+                        s["expected"],
+                        s["seen"]
+                    );
+                }
+            }
+        }
+    }
+    if let Some(rows) = report.get("readings").and_then(Value::as_array) {
+        for r in rows {
+            if matches!(
+                r.get("verdict").and_then(Value::as_str),
+                Some("mismatch" | "unexpected-fault" | "not-run")
+            ) {
+                return format!(
+                    "cpu{} {}: guest {} verdict {}",
+                    r["cpu"],
+                    r["name"].as_str().unwrap_or("?"),
+                    r["guest"],
+                    r["verdict"]
+                );
+            }
+        }
+    }
+    "failed".into()
+}
+
+/// The summary table.
+pub fn table(checks: &[Check]) -> String {
+    let mut out = format!("{:<44} {:<6} DETAIL\n", "CHECK", "RESULT");
+    for c in checks {
+        out.push_str(&format!(
+            "{:<44} {:<6} {}\n",
+            c.what,
+            if c.pass { "pass" } else { "FAIL" },
+            c.detail
+        ));
+    }
+    let failed = checks.iter().filter(|c| !c.pass).count();
+    out.push_str(&format!(
+        "{}: {} checks, {failed} failed\n",
+        if failed == 0 { "GREEN" } else { "RED" },
+        checks.len()
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn differences_are_named_by_step_or_reading() {
+        let a = json!([
+            "scenario x backend kernel vcpus 1",
+            "  cpu0 wrmsr ctl 0x2: expected #GP seen #GP ok"
+        ]);
+        let b = json!([
+            "scenario x backend user vcpus 1",
+            "  cpu0 wrmsr ctl 0x2: expected #GP seen 0x2 FAIL"
+        ]);
+        let d = first_difference(&neutral(&a), &neutral(&b), "").unwrap();
+        assert!(d.contains("wrmsr ctl 0x2"), "{d}");
+        let a = json!({"backend": "kernel", "readings": [{"cpu": 0, "msr": "announced.value", "guest": "0x1"}]});
+        let b = json!({"backend": "user", "readings": [{"cpu": 0, "msr": "announced.value", "guest": "0x2"}]});
+        let d = first_difference(&neutral(&a), &neutral(&b), "").unwrap();
+        assert!(
+            d.contains("cpu0 announced.value") && d.contains("\"0x1\" vs \"0x2\""),
+            "{d}"
+        );
+        assert_eq!(first_difference(&neutral(&a), &neutral(&a), ""), None);
+    }
+
+    #[test]
+    fn every_paired_job_has_both_backends() {
+        let j = jobs();
+        for (kind, subject, vcpus) in PAIRED {
+            for b in ["kernel", "user"] {
+                assert!(j.contains(&format!("{kind}:{subject}:{b}:{vcpus}")));
+            }
+        }
+    }
+}
