@@ -157,6 +157,20 @@ fn cmd_probe(o: &Options) -> Result<bool, Failure> {
     if msrs.is_empty() {
         msrs = spec.msrs();
     }
+    let once = msrs.clone();
+    for _ in 1..o.repeat {
+        msrs.extend_from_slice(&once);
+    }
+    if msrs.len() > kvmcap::bare::MAX_OPS {
+        return Err(fail(
+            exit::USAGE,
+            format!(
+                "{} reads exceed the bare guest's {} operations",
+                msrs.len(),
+                kvmcap::bare::MAX_OPS
+            ),
+        ));
+    }
     let host = host_sources(o, &catalog)?;
     let report = probe_bare(
         &ProbeRequest {

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+pub mod bench;
 pub mod codegen;
 pub mod initramfs;
 pub mod kernel;

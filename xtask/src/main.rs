@@ -36,6 +36,10 @@ USAGE:
                                         verify with backend kernel and user on 1 and 2 vCPUs;
                                         kernel must equal user and kernel-patches/expected/
                                         (--bless rewrites those); logs under target/kvmcap/pbv/
+    cargo xtask bench [--quick] [--json PATH] [--no-edit-loop]
+                                        kvmcap against its peers in one invocation: median,
+                                        p10, p90 and ratios; rewrites BENCHMARKS.md and
+                                        benchmarks.svg
     cargo xtask help                    this help
 
 EXIT CODES: 0 pass, 1 usage or a failed verdict, 2 a tool could not start, 3 build failed,
@@ -48,6 +52,9 @@ struct Args {
     kernel_tree: Option<PathBuf>,
     scenarios: Vec<String>,
     bless: bool,
+    quick: bool,
+    no_edit_loop: bool,
+    json: Option<PathBuf>,
     jobs: Vec<String>,
 }
 
@@ -57,6 +64,9 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         kernel_tree: None,
         scenarios: Vec::new(),
         bless: false,
+        quick: false,
+        no_edit_loop: false,
+        json: None,
         jobs: Vec::new(),
     };
     let mut it = args.iter();
@@ -69,6 +79,9 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         match x.as_str() {
             "--kernel-tree" => a.kernel_tree = Some(value("--kernel-tree")?.into()),
             "--bless" => a.bless = true,
+            "--quick" => a.quick = true,
+            "--no-edit-loop" => a.no_edit_loop = true,
+            "--json" => a.json = Some(value("--json")?.into()),
             "--scenario" => a.scenarios.push(value("--scenario")?),
             "--job" => a.jobs.push(value("--job")?),
             s if s.starts_with('-') => {
@@ -197,6 +210,12 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
         }
         ["lab"] => cmd_lab(&a),
         ["patch-boot-verify"] => cmd_pbv(&a),
+        ["bench"] => {
+            let table = xtask::bench::run(a.quick, a.json.as_deref(), !a.no_edit_loop)?;
+            print!("{table}");
+            println!("wrote BENCHMARKS.md and benchmarks.svg");
+            Ok(true)
+        }
         [] | ["help"] => {
             print!("{HELP}");
             Ok(true)

@@ -53,6 +53,13 @@ pub fn neutral(view: &Value) -> Value {
             lines
                 .iter()
                 .map(|l| match l.as_str() {
+                    // A case's pass/FAIL follows from its steps: drop it, so the first
+                    // difference found is the step itself.
+                    Some(s) if s.starts_with("case ") => Value::String(
+                        s.trim_end_matches(": pass")
+                            .trim_end_matches(": FAIL")
+                            .to_owned(),
+                    ),
                     Some(s) => Value::String(
                         s.replace("backend kernel", "backend *")
                             .replace("backend user", "backend *"),
@@ -303,10 +310,12 @@ mod tests {
     fn differences_are_named_by_step_or_reading() {
         let a = json!([
             "scenario x backend kernel vcpus 1",
+            "case c: pass",
             "  cpu0 wrmsr ctl 0x2: expected #GP seen #GP ok"
         ]);
         let b = json!([
             "scenario x backend user vcpus 1",
+            "case c: FAIL",
             "  cpu0 wrmsr ctl 0x2: expected #GP seen 0x2 FAIL"
         ]);
         let d = first_difference(&neutral(&a), &neutral(&b), "").unwrap();
