@@ -39,7 +39,7 @@ USAGE:
         every capability of the running KVM, asked on /dev/kvm and on a VM
     kvmcap probe --guest bare --feature F --backend none|user|kernel [--vcpus N]
                  [--msr M ...] [--catalog] [--host-value NAME=VALUE ...]
-                 [--host-profile FILE] [--repeat N] [--json] [--report PATH]
+                 [--host-profile FILE] [--repeat N] [--irqchip] [--json] [--report PATH]
         read MSRs in the bare long-mode guest on every vCPU and judge each reading
         (default MSRs: the feature's)
     kvmcap run SCENARIO [--backend B] [--vcpus N] [--json] [--report PATH]
@@ -94,6 +94,8 @@ pub struct Options {
     pub msrs: Vec<String>,
     /// `--catalog`.
     pub catalog: bool,
+    /// `--irqchip`: give the bare guest an in-kernel irqchip.
+    pub irqchip: bool,
     /// `--repeat`: the MSR list read this many times (for measuring access cost).
     pub repeat: usize,
     /// `--host-value`.
@@ -150,6 +152,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
         vcpus: 1,
         msrs: Vec::new(),
         catalog: false,
+        irqchip: false,
         repeat: 1,
         host_values: Vec::new(),
         host_profile: None,
@@ -195,6 +198,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
                 })?;
             }
             "--catalog" => o.catalog = true,
+            "--irqchip" => o.irqchip = true,
             "--repeat" => {
                 let v = value("--repeat")?;
                 o.repeat = v

@@ -208,6 +208,7 @@ pub fn run_job(
                         msrs: spec.msrs(),
                         host: &host,
                         limits,
+                        irqchip: false,
                     },
                     catalog,
                 )

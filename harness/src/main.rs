@@ -141,7 +141,13 @@ fn host_sources(o: &Options, catalog: &Catalog) -> Result<HostSources, Failure> 
             .with_profile(p, catalog)
             .map_err(|e| fail(exit::INPUT, e))?;
     }
-    Ok(h.with_devmsr(DevMsr::default()))
+    // /dev/cpu/N/msr is a host source only where the msr driver is present.
+    let devmsr = DevMsr::default();
+    Ok(if devmsr.open(0).is_ok() {
+        h.with_devmsr(devmsr)
+    } else {
+        h
+    })
 }
 
 fn cmd_probe(o: &Options) -> Result<bool, Failure> {
@@ -181,6 +187,7 @@ fn cmd_probe(o: &Options) -> Result<bool, Failure> {
             msrs,
             host: &host,
             limits: o.limits,
+            irqchip: o.irqchip,
         },
         &catalog,
     )

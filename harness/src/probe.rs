@@ -29,6 +29,8 @@ pub struct ProbeRequest<'a> {
     pub host: &'a HostSources,
     /// Limits.
     pub limits: Limits,
+    /// Give the VM an in-kernel irqchip (see [`BareRequest::irqchip`]).
+    pub irqchip: bool,
 }
 
 /// The guest's reading of op `i` on a vCPU, or why there is none.
@@ -161,6 +163,7 @@ pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, V
         cap_args: None,
         initial: Vec::new(),
         limits: req.limits,
+        irqchip: req.irqchip,
     })?;
     let mut oracle = match (req.feature, &outcome.model_inputs) {
         (Some(f), Some(inputs)) => Some(build_model(f, inputs)),

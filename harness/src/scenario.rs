@@ -604,6 +604,7 @@ pub fn run_scenario(
             cap_args: case.args,
             initial: initial.clone(),
             limits: case_limits,
+            irqchip: false,
         })?;
         // The oracle: the feature model in the same starting state, fed the same steps.
         let inputs = match &outcome.model_inputs {

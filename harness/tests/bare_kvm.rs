@@ -40,6 +40,7 @@ fn probe(backend: Backend, vcpus: u8, host_values: &[&str]) -> Option<kvmcap::re
             msrs: spec.msrs(),
             host: &host,
             limits: Limits::default(),
+            irqchip: false,
         },
         &catalog,
     )
@@ -109,6 +110,7 @@ fn user_backend_without_a_ppin_value_is_a_clear_error() {
             msrs: spec.msrs(),
             host: &host,
             limits: Limits::default(),
+            irqchip: false,
         },
         &catalog,
     )
@@ -219,6 +221,7 @@ fn a_missing_capability_gives_its_error() {
             msrs: spec.msrs(),
             host: &host,
             limits: Limits::default(),
+            irqchip: false,
         },
         &catalog,
     )
@@ -255,6 +258,7 @@ fn a_refused_enable_is_reported_with_its_errno() {
             msrs: spec.msrs(),
             host: &host,
             limits: Limits::default(),
+            irqchip: false,
         },
         &catalog,
     )

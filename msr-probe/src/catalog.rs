@@ -287,8 +287,12 @@ impl Catalog {
         let mut entries = Vec::with_capacity(raw.msr.len());
         let mut by_index = HashMap::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
+        // Line numbers by counting newlines incrementally (entries come in file order).
+        let (mut counted_to, mut line) = (0usize, 1usize);
         for spanned in raw.msr {
-            let line = line_of(text, spanned.span().start);
+            let start = spanned.span().start.max(counted_to);
+            line += line_of(&text[counted_to..start.min(text.len())], usize::MAX) - 1;
+            counted_to = start.min(text.len());
             let r = spanned.into_inner();
             let err = |name: &str, problem: String| CatalogError::Entry {
                 origin: origin.to_owned(),

@@ -2,11 +2,12 @@
 /*
  * The floor for kvmcap's bare probe benchmark: what a KVM selftest does with raw ioctls.
  * Create a VM with 2 MiB of memory and NR_VCPUS vCPUs, run a real-mode guest on each that
- * executes `rdmsr` of IA32_TIME_STAMP_COUNTER NR_READS times and then `hlt`, one vCPU after
- * the other on one thread, and exit. No MSR filter, no threads, no report: the minimum any
- * harness must pay to get an answer from a guest.
+ * executes `rdmsr` of every MSR given (a #GP is caught by a real-mode IVT handler that skips
+ * the instruction) and then `hlt`, one vCPU after the other on one thread, and exit. No
+ * long mode, no MSR filter, no threads, no report: the minimum any harness must pay to get
+ * the same reads out of a guest.
  *
- * Usage: floor NR_VCPUS NR_READS
+ * Usage: floor NR_VCPUS MSR...   (MSR in hex)
  */
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -28,7 +29,6 @@ static void die(const char *what)
 int main(int argc, char **argv)
 {
 	int nr_vcpus = argc > 1 ? atoi(argv[1]) : 2;
-	int nr_reads = argc > 2 ? atoi(argv[2]) : 1;
 	int kvm, vm, run_size, i, cpu;
 	unsigned char *mem, *p;
 
@@ -48,11 +48,18 @@ int main(int argc, char **argv)
 	};
 	if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0)
 		die("KVM_SET_USER_MEMORY_REGION");
-	/* Guest at 0x1000: nr_reads x (mov ecx, 0x10; rdmsr), then hlt. */
+	/* #GP handler at 0x800: push bp; mov bp,sp; add word [bp+2],2; pop bp; iret */
+	static const unsigned char gp[] = { 0x55, 0x89, 0xe5, 0x83, 0x46, 0x02, 0x02, 0x5d, 0xcf };
+	memcpy(mem + 0x800, gp, sizeof(gp));
+	mem[13 * 4] = 0x00; mem[13 * 4 + 1] = 0x08; /* IVT[13] = 0000:0800 */
+	mem[13 * 4 + 2] = 0; mem[13 * 4 + 3] = 0;
+	/* Guest at 0x1000: for each MSR, mov ecx, imm32; rdmsr; then hlt. */
 	p = mem + 0x1000;
-	for (i = 0; i < nr_reads; i++) {
+	for (i = 2; i < argc; i++) {
+		unsigned long idx = strtoul(argv[i], NULL, 16);
+
 		*p++ = 0x66; *p++ = 0xb9; /* mov ecx, imm32 */
-		*p++ = 0x10; *p++ = 0; *p++ = 0; *p++ = 0;
+		*p++ = idx; *p++ = idx >> 8; *p++ = idx >> 16; *p++ = idx >> 24;
 		*p++ = 0x0f; *p++ = 0x32; /* rdmsr */
 	}
 	*p++ = 0xf4; /* hlt */
@@ -72,10 +79,13 @@ int main(int argc, char **argv)
 			die("KVM_GET_SREGS");
 		sregs.cs.base = 0;
 		sregs.cs.selector = 0;
+		sregs.ss.base = 0;
+		sregs.ss.selector = 0;
 		if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0)
 			die("KVM_SET_SREGS");
 		memset(&regs, 0, sizeof(regs));
 		regs.rip = 0x1000;
+		regs.rsp = 0x8000;
 		regs.rflags = 0x2;
 		if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0)
 			die("KVM_SET_REGS");

@@ -178,7 +178,7 @@ pub fn bare_probe(
     Ok(Bench {
         name: format!("bare probe, process start to report, catalog ({catalog_len} MSRs) x 2 vCPUs"),
         kvmcap: Some(k),
-        peer: "C floor: raw ioctls, real-mode rdmsr guest, no report (xtask/bench/floor.c)".into(),
+        peer: "C floor: raw ioctls, the same reads in a real-mode guest, no report (xtask/bench/floor.c)".into(),
         peer_stats: Some(f),
         note: "whole processes, exec included; kvmcap also negotiates, runs vCPU threads, judges and prints JSON".into(),
     })

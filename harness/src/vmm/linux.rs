@@ -23,7 +23,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::kvm::KvmError;
 use crate::vmm::console::{Console, ConsoleWriter};
-use crate::vmm::machine::{check_vcpus, prepare, FeatureRun, Limits, VcpuModel, VmmError};
+use crate::vmm::machine::{
+    check_vcpus, create_irqchip, prepare, FeatureRun, Limits, VcpuModel, VmmError,
+};
 use crate::vmm::vcpu::{run_vcpus, ExitHandler, Flow, VcpuEnd};
 use crate::vmm::{boot, mptable};
 use msr_probe::frame::{Frame, FrameError};
@@ -207,6 +209,7 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
         .map_err(mem_err)?;
     vm.register_memory(&mem)?;
+    create_irqchip(&vm)?;
 
     let loaded = BzImage::load(
         &mem,
