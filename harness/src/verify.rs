@@ -101,8 +101,30 @@ pub fn validate(report: &ProbeReport, vcpus: u8, msrs: &[MsrIndex]) -> Result<()
     Ok(())
 }
 
+/// Checks that `bytes` can be an initramfs: a newc cpio archive that reads to its trailer and
+/// has an `/init`, or a compressed one (gzip, xz, zstd: left to the kernel).
+pub fn check_initramfs(bytes: &[u8]) -> Result<(), String> {
+    const COMPRESSED: &[&[u8]] = &[b"\x1f\x8b", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd"];
+    if COMPRESSED.iter().any(|m| bytes.starts_with(m)) {
+        return Ok(());
+    }
+    let entries = guest_tools::cpio::read(bytes).map_err(|e| format!("not an initramfs: {e}"))?;
+    if !entries.iter().any(|e| e.name == "init") {
+        return Err("the initramfs has no /init".into());
+    }
+    Ok(())
+}
+
 /// Boots, reads, judges.
 pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report, VerifyError> {
+    let image = std::fs::read(&req.initramfs).map_err(|e| VmmError::Image {
+        path: req.initramfs.clone(),
+        problem: e.to_string(),
+    })?;
+    check_initramfs(&image).map_err(|problem| VmmError::Image {
+        path: req.initramfs.clone(),
+        problem,
+    })?;
     let msrs = req.msrs.clone().unwrap_or_else(|| catalog.indices());
     let list = if req.msrs.is_some() {
         msrs.iter()
@@ -226,4 +248,55 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         notes,
         elapsed_ms: outcome.elapsed.as_secs_f64() * 1000.0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msr_probe::report::CpuReadings;
+
+    #[test]
+    fn initramfs_checks() {
+        let mut b = guest_tools::cpio::Builder::new();
+        b.file("init", 0o755, vec![1, 2, 3]);
+        assert!(check_initramfs(&b.finish().unwrap()).is_ok());
+        let mut b = guest_tools::cpio::Builder::new();
+        b.file("bin/sh", 0o755, vec![1]);
+        assert!(check_initramfs(&b.finish().unwrap())
+            .unwrap_err()
+            .contains("no /init"));
+        assert!(check_initramfs(b"garbage")
+            .unwrap_err()
+            .contains("not an initramfs"));
+        assert!(check_initramfs(b"\x1f\x8b...").is_ok());
+    }
+
+    #[test]
+    fn forged_reports_are_refused() {
+        let msrs = [MsrIndex::new(0x4f), MsrIndex::new(0x10)];
+        let cpu = |n: u32, m: &[MsrIndex]| CpuReadings {
+            cpu: n,
+            readings: m
+                .iter()
+                .map(|&index| msr_probe::report::MsrReading {
+                    index,
+                    name: "?".into(),
+                    reading: Reading::Value(1),
+                })
+                .collect(),
+            sysfs_ppin: None,
+        };
+        let report = |cpus: Vec<CpuReadings>| ProbeReport {
+            tool: "t".into(),
+            source: "devmsr".into(),
+            fingerprint: Fingerprint::default(),
+            cpus,
+        };
+        assert!(validate(&report(vec![cpu(0, &msrs), cpu(1, &msrs)]), 2, &msrs).is_ok());
+        assert!(validate(&report(vec![cpu(0, &msrs)]), 2, &msrs).is_err());
+        assert!(validate(&report(vec![cpu(0, &msrs), cpu(0, &msrs)]), 2, &msrs).is_err());
+        assert!(validate(&report(vec![cpu(0, &msrs), cpu(1, &msrs[..1])]), 2, &msrs).is_err());
+        let swapped = [msrs[1], msrs[0]];
+        assert!(validate(&report(vec![cpu(0, &swapped), cpu(1, &msrs)]), 2, &msrs).is_err());
+    }
 }

@@ -236,3 +236,101 @@ fn scenario_run_writes_its_report_and_passes() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("PASS"));
     assert!(report.exists());
 }
+
+#[test]
+fn refused_enable_is_exit_5() {
+    if common::kvm().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("refused.toml");
+    // KVM_CAP_X86_USER_SPACE_MSR with an undefined flag: KVM answers EINVAL.
+    std::fs::write(&f, "name='refused'\nmodel='kvm-msr'\n[capability]\nname='KVM_CAP_X86_USER_SPACE_MSR'\nargs=[0x10000000000]\n[[kvm_msr]]\nmsr='MSR_PLATFORM_INFO'\ndefault=0\n").unwrap();
+    let o = kvmcap(&[
+        "probe",
+        "--backend",
+        "kernel",
+        "--feature",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(5));
+    assert!(one_line_error(&o).contains("EINVAL"));
+}
+
+#[test]
+fn bad_guest_images_are_exit_6_and_write_no_report() {
+    if common::kvm().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let report = d.path().join("r.json");
+    let garbage = d.path().join("garbage");
+    std::fs::write(&garbage, vec![0x5a; 4096]).unwrap();
+    let mut cpio = guest_tools::cpio::Builder::new();
+    cpio.file("init", 0o755, vec![0x7f, b'E', b'L', b'F']);
+    let good_cpio = d.path().join("initramfs.cpio");
+    std::fs::write(&good_cpio, cpio.finish().unwrap()).unwrap();
+    let truncated = d.path().join("truncated");
+    std::fs::write(&truncated, &[0u8; 0x300][..]).unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--kernel",
+                garbage.to_str().unwrap(),
+                "--initramfs",
+                good_cpio.to_str().unwrap(),
+            ],
+            "bzImage",
+        ),
+        (
+            vec![
+                "--kernel",
+                truncated.to_str().unwrap(),
+                "--initramfs",
+                good_cpio.to_str().unwrap(),
+            ],
+            "bzImage",
+        ),
+        (
+            vec![
+                "--kernel",
+                garbage.to_str().unwrap(),
+                "--initramfs",
+                garbage.to_str().unwrap(),
+            ],
+            "not an initramfs",
+        ),
+        (
+            vec![
+                "--kernel",
+                garbage.to_str().unwrap(),
+                "--initramfs",
+                "/nonexistent.cpio",
+            ],
+            "does not exist",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec![
+            "verify",
+            "--guest",
+            "linux",
+            "--feature",
+            "ppin",
+            "--backend",
+            "none",
+            "--json",
+            report.to_str().unwrap(),
+        ];
+        all.extend(args);
+        let o = kvmcap(&all);
+        assert_eq!(
+            o.status.code(),
+            Some(6),
+            "{all:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(one_line_error(&o).contains(want), "{all:?}");
+        assert!(!report.exists(), "no partial report file");
+    }
+}

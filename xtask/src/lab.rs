@@ -113,11 +113,15 @@ pub fn host_tsc_khz() -> u64 {
         .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
 }
 
-/// Finds QEMU or says how to install it.
+/// Finds QEMU on `PATH` or says how to install it.
 pub fn qemu() -> Result<PathBuf, XtaskError> {
+    qemu_in(std::env::var_os("PATH"))
+}
+
+/// Finds QEMU in a `PATH`-style list of directories.
+pub fn qemu_in(path: Option<std::ffi::OsString>) -> Result<PathBuf, XtaskError> {
     let name = "qemu-system-x86_64";
-    std::env::var_os("PATH")
-        .into_iter()
+    path.into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|d| d.join(name))
         .find(|p| p.exists())
@@ -259,4 +263,19 @@ pub fn save_reports(run: &LabRun, dir: &Path) -> Result<(), XtaskError> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_qemu_says_how_to_install_it() {
+        let e = qemu_in(Some("/nonexistent:/also/not".into())).unwrap_err();
+        assert_eq!(e.exit_code(), 5);
+        assert!(
+            e.to_string().contains("apt-get install qemu-system-x86"),
+            "{e}"
+        );
+    }
 }

@@ -1,5 +1,9 @@
 //! The library behind `cargo xtask`, so its steps are testable.
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use std::path::PathBuf;
 

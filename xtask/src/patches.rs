@@ -89,9 +89,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> XtaskError + '_ {
 /// Applies the series in `dir` to a copy of `pristine`, returning the patched tree. The copy
 /// is kept between runs: files the previously applied series touched are restored first.
 pub fn apply(pristine: &SourceTree, dir: &Path) -> Result<SourceTree, XtaskError> {
+    apply_in(pristine, dir, &target_dir().join("kernel").join("patched"))
+}
+
+/// [`apply`] with the patched copy under `root`.
+pub fn apply_in(pristine: &SourceTree, dir: &Path, root: &Path) -> Result<SourceTree, XtaskError> {
     let patches = series(dir)?;
     let hash = series_hash(&patches)?;
-    let root = target_dir().join("kernel").join("patched");
+    let root = root.to_path_buf();
     let tree = root.join("linux-source-6.12");
     let stamp = root.join(".applied");
     let touched_file = root.join(".touched");
@@ -183,6 +188,57 @@ mod tests {
         assert_eq!(failed_file("patching file a.c\n"), None);
         let p = "--- a/x.c\n+++ b/x.c\n@@ -1 +1 @@\n--- a/y/z.h\n+++ b/y/z.h\n";
         assert_eq!(touched_files(p), vec!["x.c", "y/z.h"]);
+    }
+
+    #[test]
+    fn a_series_that_does_not_apply_names_the_patch_and_file() {
+        let d = tempfile::tempdir().unwrap();
+        let pristine = d.path().join("src");
+        std::fs::create_dir_all(pristine.join("arch/x86/kvm")).unwrap();
+        std::fs::write(
+            pristine.join("arch/x86/kvm/x86.c"),
+            "int a;\nint b;\nint c;\n",
+        )
+        .unwrap();
+        let series_dir = d.path().join("series");
+        std::fs::create_dir_all(&series_dir).unwrap();
+        std::fs::write(series_dir.join("series"), "0001-x.patch\n").unwrap();
+        std::fs::write(
+            series_dir.join("0001-x.patch"),
+            "--- a/arch/x86/kvm/x86.c\n+++ b/arch/x86/kvm/x86.c\n@@ -1,3 +1,3 @@\n int a;\n-int NOT_THERE;\n+int d;\n int c;\n",
+        )
+        .unwrap();
+        let tree = SourceTree {
+            dir: pristine.clone(),
+            version: "t".into(),
+        };
+        match apply_in(&tree, &series_dir, &d.path().join("work")) {
+            Err(XtaskError::Patch { patch, file, .. }) => {
+                assert!(patch.ends_with("0001-x.patch"));
+                assert_eq!(file, "arch/x86/kvm/x86.c");
+            }
+            other => panic!("expected a patch failure, got {other:?}"),
+        }
+        // The pristine tree is untouched (the work copy is hard-linked, patch writes anew).
+        assert_eq!(
+            std::fs::read_to_string(pristine.join("arch/x86/kvm/x86.c")).unwrap(),
+            "int a;\nint b;\nint c;\n"
+        );
+        // A good patch applies; a later broken one is undone on the next run.
+        std::fs::write(
+            series_dir.join("0001-x.patch"),
+            "--- a/arch/x86/kvm/x86.c\n+++ b/arch/x86/kvm/x86.c\n@@ -1,3 +1,3 @@\n int a;\n-int b;\n+int d;\n int c;\n",
+        )
+        .unwrap();
+        let t = apply_in(&tree, &series_dir, &d.path().join("work")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(t.dir.join("arch/x86/kvm/x86.c")).unwrap(),
+            "int a;\nint d;\nint c;\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(pristine.join("arch/x86/kvm/x86.c")).unwrap(),
+            "int a;\nint b;\nint c;\n"
+        );
     }
 
     #[test]

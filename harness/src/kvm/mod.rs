@@ -80,6 +80,22 @@ fn ioctl_err(ioctl: impl Into<String>) -> impl FnOnce(vmm_sys_util::errno::Error
     move |source| KvmError::Ioctl { ioctl, source }
 }
 
+/// Names why `/dev/kvm` could not be opened, with what to do about it.
+pub fn open_error(path: &Path, e: vmm_sys_util::errno::Error) -> KvmError {
+    match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::Missing {
+            path: path.to_owned(),
+        },
+        libc::EACCES | libc::EPERM => KvmError::NotPermitted {
+            path: path.to_owned(),
+        },
+        _ => KvmError::Open {
+            path: path.to_owned(),
+            source: e,
+        },
+    }
+}
+
 /// An open `/dev/kvm`.
 pub struct KvmSystem {
     kvm: Kvm,
@@ -92,18 +108,7 @@ impl KvmSystem {
         let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| KvmError::Missing {
             path: path.to_owned(),
         })?;
-        let kvm = Kvm::new_with_path(cpath).map_err(|e| match e.errno() {
-            libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::Missing {
-                path: path.to_owned(),
-            },
-            libc::EACCES | libc::EPERM => KvmError::NotPermitted {
-                path: path.to_owned(),
-            },
-            _ => KvmError::Open {
-                path: path.to_owned(),
-                source: e,
-            },
-        })?;
+        let kvm = Kvm::new_with_path(cpath).map_err(|e| open_error(path, e))?;
         let found = kvm.get_api_version();
         if found != KVM_API_VERSION {
             return Err(KvmError::ApiVersion {
@@ -285,6 +290,25 @@ mod tests {
         assert_eq!(cap_by_name("NOPE"), None);
         // The own number must not collide with upstream's.
         assert!(cap_names::UPSTREAM.iter().all(|(n, _)| *n != KVM_CAP_PPIN));
+    }
+
+    #[test]
+    fn not_permitted_says_which_group() {
+        let p = Path::new("/dev/kvm");
+        let e = open_error(p, vmm_sys_util::errno::Error::new(libc::EACCES));
+        assert!(matches!(e, KvmError::NotPermitted { .. }));
+        assert!(e.to_string().contains("usermod -aG kvm"), "{e}");
+        let e = open_error(p, vmm_sys_util::errno::Error::new(libc::EBUSY));
+        assert!(matches!(e, KvmError::Open { .. }));
+    }
+
+    #[test]
+    fn a_file_that_is_not_kvm_is_refused() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let e = KvmSystem::open(f.path())
+            .err()
+            .expect("a plain file is no KVM");
+        assert!(matches!(e, KvmError::ApiVersion { .. }), "{e}");
     }
 
     #[test]
