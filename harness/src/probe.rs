@@ -143,6 +143,7 @@ pub fn judge(
         guest,
         host: host_v,
         expected,
+        cycles: None,
         verdict,
     }
 }
@@ -173,7 +174,7 @@ pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, V
     for cpu in 0..usize::from(req.vcpus) {
         for (i, op) in ops.iter().enumerate() {
             let guest = guest_reading(&outcome, cpu, i, op);
-            readings.push(judge(
+            let mut row = judge(
                 cpu as u32,
                 req.msrs[i],
                 guest,
@@ -181,7 +182,9 @@ pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, V
                 &mut oracle,
                 req.host,
                 catalog,
-            ));
+            );
+            row.cycles = outcome.cycles.get(cpu).and_then(|c| c.get(i)).copied();
+            readings.push(row);
         }
     }
     Ok(Report {
@@ -190,6 +193,7 @@ pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, V
         vcpus: outcome.ends.clone(),
         readings,
         kernel_ppin: Vec::new(),
+        tsc_khz: outcome.tsc_khz,
         notes: outcome
             .stray_io
             .iter()

@@ -54,6 +54,9 @@ pub struct Row {
     /// The feature model's prediction, for the feature's own MSRs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<Reading>,
+    /// TSC ticks the guest's access took (bare guest; guest-measured, for benchmarks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycles: Option<u32>,
     /// The verdict.
     #[serde(flatten)]
     pub verdict: Verdict,
@@ -92,6 +95,9 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Milliseconds from VM creation to the last vCPU's end.
     pub elapsed_ms: f64,
+    /// The guest TSC frequency, to read `cycles` as time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tsc_khz: Option<u32>,
 }
 
 impl Report {

@@ -247,6 +247,7 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         kernel_ppin,
         notes,
         elapsed_ms: outcome.elapsed.as_secs_f64() * 1000.0,
+        tsc_khz: None,
     })
 }
 

@@ -211,6 +211,16 @@ pub fn read_results(
     cpu: u8,
     ops: &[MsrOp],
 ) -> Result<Vec<OpResult>, ResultsError> {
+    read_timed_results(mem, cpu, ops).map(|v| v.into_iter().map(|(r, _)| r).collect())
+}
+
+/// [`read_results`] with the TSC ticks each operation took (guest-measured: untrusted, for
+/// benchmarks only).
+pub fn read_timed_results(
+    mem: &GuestMemoryMmap,
+    cpu: u8,
+    ops: &[MsrOp],
+) -> Result<Vec<(OpResult, u32)>, ResultsError> {
     let unreadable = |e: vm_memory::GuestMemoryError| ResultsError::Unreadable {
         cpu,
         reason: e.to_string(),
@@ -233,10 +243,11 @@ pub fn read_results(
         let rec = base + RESULT_HEADER + RESULT_SIZE * i as u64;
         let status: u32 = mem.read_obj(GuestAddress(rec)).map_err(unreadable)?;
         let value: u64 = mem.read_obj(GuestAddress(rec + 8)).map_err(unreadable)?;
+        let cycles: u32 = mem.read_obj(GuestAddress(rec + 4)).map_err(unreadable)?;
         out.push(match (status, op) {
-            (1, MsrOp::Read { .. }) => OpResult::Read(value),
-            (1, MsrOp::Write { .. }) => OpResult::Written,
-            (2, _) => OpResult::Fault,
+            (1, MsrOp::Read { .. }) => (OpResult::Read(value), cycles),
+            (1, MsrOp::Write { .. }) => (OpResult::Written, cycles),
+            (2, _) => (OpResult::Fault, cycles),
             (status, _) => {
                 return Err(ResultsError::BadStatus {
                     cpu,

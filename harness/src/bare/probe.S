@@ -13,8 +13,9 @@
  *                        2 = wrmsr, 3 = triple fault (load an empty IDT, then ud2), 4 = spin
  *                        forever (for the VMM's SHUTDOWN and deadline paths)
  * Results area:          u32 magic 'KVMR', u32 done, then one 16-byte record per operation:
- *                        u32 status (1 = ok, 2 = #GP), u32 vector (0, or the unexpected
- *                        exception's vector), u64 value (what rdmsr read, or what wrmsr wrote)
+ *                        u32 status (1 = ok, 2 = #GP), u32 cycles (TSC ticks the rdmsr or
+ *                        wrmsr took, #GP delivery included, measured with lfence; rdtsc),
+ *                        u64 value (what rdmsr read, or what wrmsr wrote)
  *
  * A #GP on rdmsr/wrmsr is caught by the IDT's vector 13 handler, which records the fault and
  * skips the 2-byte instruction. Any other exception arrives as a #GP for a not-present IDT
@@ -81,21 +82,33 @@ do_triple_fault:
 do_spin:
 	jmp	do_spin
 do_rdmsr:
-	xor	%eax, %eax
-	xor	%edx, %edx
+	lfence
+	rdtsc
+	mov	%eax, %r11d			/* start */
 	rdmsr
-	jmp	record
+	jmp	timed
 do_wrmsr:
+	lfence
+	rdtsc
+	mov	%eax, %r11d			/* start */
 	mov	8(%r14,%r9), %rax
 	mov	%rax, %rdx
 	shr	$32, %rdx
 	wrmsr
+timed:
+	mov	%eax, %edi			/* keep the MSR value */
+	mov	%edx, %ebp
+	lfence
+	rdtsc
+	sub	%r11d, %eax
+	mov	%eax, 4(%rbx,%r9)		/* cycles */
+	mov	%edi, %eax
+	mov	%ebp, %edx
 record:
 	shl	$32, %rdx
 	mov	%eax, %eax
 	or	%rdx, %rax
 	mov	%rax, 8(%rbx,%r9)
-	movl	$0, 4(%rbx,%r9)
 	movl	$1, (%rbx,%r9)
 	test	%r15, %r15
 	jz	1f

@@ -115,6 +115,10 @@ pub struct BareOutcome {
     pub ends: Vec<VcpuEnd>,
     /// Each vCPU's results, validated.
     pub results: Vec<Result<Vec<OpResult>, ResultsError>>,
+    /// TSC ticks per operation as the guest measured them (untrusted; for benchmarks).
+    pub cycles: Vec<Vec<u32>>,
+    /// The vCPUs' TSC frequency (`KVM_GET_TSC_KHZ`), to turn ticks into time.
+    pub tsc_khz: Option<u32>,
     /// Unexpected guest I/O seen, bounded.
     pub stray_io: Vec<String>,
     /// The model inputs in force (for the oracle).
@@ -557,6 +561,7 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
     }
     let (vm_ready, vcpus) = vm.create_vcpus(count)?;
     let mut runnable = Vec::with_capacity(usize::from(count));
+    let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());
     for (cpu, vcpu) in vcpus.into_iter().enumerate() {
         let cpu = cpu as u8;
         ctx.setup_vcpu(&vcpu, cpu, count)?;
@@ -582,11 +587,23 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
     }
     let (summary, handlers) = run_vcpus(runnable, req.limits.deadline);
     drop(vm_ready);
-    let results = req
+    let timed: Vec<_> = req
         .ops
         .iter()
         .enumerate()
-        .map(|(cpu, ops)| bare::read_results(&mem, cpu as u8, ops))
+        .map(|(cpu, ops)| bare::read_timed_results(&mem, cpu as u8, ops))
+        .collect();
+    let cycles = timed
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map(|v| v.iter().map(|(_, c)| *c).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let results = timed
+        .into_iter()
+        .map(|r| r.map(|v| v.into_iter().map(|(o, _)| o).collect()))
         .collect();
     let stray_io = handlers
         .into_iter()
@@ -598,6 +615,8 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
         vendor: ctx.vendor,
         ends: summary.ends,
         results,
+        cycles,
+        tsc_khz,
         stray_io,
         model_inputs: ctx.inputs,
         elapsed: start.elapsed(),
