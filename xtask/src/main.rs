@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use xtask::{codegen, initramfs, kernel, lab, patches, pbv, pipeline, static_build, XtaskError};
 
@@ -128,15 +127,7 @@ fn cmd_lab(a: &Args) -> Result<bool, XtaskError> {
     }
     let art = pipeline::prepare(a.kernel_tree.as_deref())?;
     let out = initramfs::out_dir().join("lab");
-    let run = lab::run(&lab::LabOptions {
-        kernel: art.built.bzimage,
-        initramfs: art.initramfs,
-        jobs,
-        cpus: 2,
-        mem_mib: 1024,
-        deadline: Duration::from_secs(900),
-        console_log: out.join("console.log"),
-    })?;
+    let run = lab::run(&art.lab_options(jobs, out.join("console.log")))?;
     lab::save_reports(&run, &out)?;
     print!("{}", run.table());
     Ok(run.pass())
@@ -145,15 +136,7 @@ fn cmd_lab(a: &Args) -> Result<bool, XtaskError> {
 fn cmd_pbv(a: &Args) -> Result<bool, XtaskError> {
     let art = pipeline::prepare(a.kernel_tree.as_deref())?;
     let out = initramfs::out_dir().join("pbv");
-    let run = lab::run(&lab::LabOptions {
-        kernel: art.built.bzimage,
-        initramfs: art.initramfs,
-        jobs: pbv::jobs(),
-        cpus: 2,
-        mem_mib: 1024,
-        deadline: Duration::from_secs(900),
-        console_log: out.join("console.log"),
-    })?;
+    let run = lab::run(&art.lab_options(pbv::jobs(), out.join("console.log")))?;
     lab::save_reports(&run, &out)?;
     print!("{}", run.table());
     let checks = pbv::check(&run, a.bless)?;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::kernel::{self, Built, SourceTree};
-use crate::{initramfs, patches, pbv, selftest, XtaskError};
+use crate::{initramfs, lab, patches, pbv, selftest, XtaskError};
 
 /// Everything a lab boot needs.
 #[derive(Clone, Debug)]
@@ -16,6 +16,22 @@ pub struct Artifacts {
     pub selftests: Vec<PathBuf>,
     /// The lab initramfs.
     pub initramfs: PathBuf,
+}
+
+impl Artifacts {
+    /// The lab as every xtask command boots it: 2 CPUs (one per socket: without ACPI the lab
+    /// kernel finds one CPU per socket), 1 GiB, a 15-minute deadline, `jobs` inside.
+    pub fn lab_options(&self, jobs: Vec<String>, console_log: PathBuf) -> lab::LabOptions {
+        lab::LabOptions {
+            kernel: self.built.bzimage.clone(),
+            initramfs: self.initramfs.clone(),
+            jobs,
+            cpus: 2,
+            mem_mib: 1024,
+            deadline: std::time::Duration::from_secs(900),
+            console_log,
+        }
+    }
 }
 
 /// Fetches the source, applies `kernel-patches/` (unless `tree` is the user's own, which is

@@ -24,7 +24,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::kvm::KvmError;
 use crate::vmm::console::{Console, ConsoleWriter};
 use crate::vmm::machine::{
-    check_vcpus, create_irqchip, prepare, FeatureRun, Limits, VcpuModel, VmmError,
+    check_vcpus, create_irqchip, model_rdmsr, model_wrmsr, prepare, FeatureRun, Limits, VcpuModel,
+    VmmError,
 };
 use crate::vmm::vcpu::{run_vcpus, ExitHandler, Flow, VcpuEnd};
 use crate::vmm::{boot, mptable};
@@ -148,14 +149,10 @@ impl ExitHandler for LinuxHandler {
         Flow::Continue
     }
     fn rdmsr(&mut self, index: MsrIndex) -> Result<u64, Fault> {
-        self.model
-            .as_mut()
-            .map_or(Err(Fault::Gp), |m| m.read(index))
+        model_rdmsr(&mut self.model, index)
     }
     fn wrmsr(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault> {
-        self.model
-            .as_mut()
-            .map_or(Err(Fault::Gp), |m| m.write(index, value))
+        model_wrmsr(&mut self.model, index, value)
     }
 }
 

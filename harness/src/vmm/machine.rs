@@ -168,14 +168,10 @@ impl ExitHandler for BareHandler {
         Flow::Continue
     }
     fn rdmsr(&mut self, index: MsrIndex) -> Result<u64, Fault> {
-        self.model
-            .as_mut()
-            .map_or(Err(Fault::Gp), |m| m.read(index))
+        model_rdmsr(&mut self.model, index)
     }
     fn wrmsr(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault> {
-        self.model
-            .as_mut()
-            .map_or(Err(Fault::Gp), |m| m.write(index, value))
+        model_wrmsr(&mut self.model, index, value)
     }
 }
 
@@ -474,6 +470,22 @@ pub fn prepare(kvm_path: &std::path::Path, run: FeatureRun<'_>) -> Result<Prepar
             off,
         },
     })
+}
+
+/// A guest `rdmsr` that KVM sent to userspace: the vCPU's model answers, or #GP without one.
+pub fn model_rdmsr(model: &mut Option<VcpuModel>, index: MsrIndex) -> Result<u64, Fault> {
+    model.as_mut().map_or(Err(Fault::Gp), |m| m.read(index))
+}
+
+/// A guest `wrmsr` that KVM sent to userspace.
+pub fn model_wrmsr(
+    model: &mut Option<VcpuModel>,
+    index: MsrIndex,
+    value: u64,
+) -> Result<(), Fault> {
+    model
+        .as_mut()
+        .map_or(Err(Fault::Gp), |m| m.write(index, value))
 }
 
 impl VmContext {
