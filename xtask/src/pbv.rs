@@ -203,7 +203,7 @@ pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         let (pass, detail) = match expected {
-            Some(e) => match first_difference(&uv, &e, "") {
+            Some(e) => match first_difference(&uv, &neutral(&e), "") {
                 None => (true, String::new()),
                 Some(d) => (false, format!("run vs committed {} at {d}", rel(&path))),
             },
