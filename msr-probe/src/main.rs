@@ -447,6 +447,15 @@ impl InitSystem for LinuxSystem {
     fn console(&mut self) -> &mut dyn Write {
         &mut self.console
     }
+    fn write_memory(&mut self, addr: u64, bytes: &[u8]) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let mem = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/mem")
+            .map_err(|e| format!("/dev/mem: {e} (the guest kernel needs CONFIG_DEVMEM)"))?;
+        mem.write_all_at(bytes, addr)
+            .map_err(|e| format!("/dev/mem at {addr:#x}: {e}"))
+    }
     fn end(&mut self, mode: EndMode) -> String {
         use nix::sys::reboot::{reboot, RebootMode};
         if !self.pid1 {
@@ -485,6 +494,7 @@ fn cmd_init() -> Result<(), Failure> {
                 msrs: catalog.indices(),
                 end: EndMode::Reboot,
                 stream: "msr-probe".into(),
+                report_window: None,
             }
         }
     };
