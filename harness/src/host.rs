@@ -52,6 +52,26 @@ pub struct Profile {
     pub msr: BTreeMap<String, u64>,
 }
 
+/// Parses a recorded host profile's text (see [`Profile`]) into MSR values, each name resolved
+/// in `catalog`; `origin` names the text in errors. Also the fuzzing entry point for profiles.
+pub fn parse_profile(
+    text: &str,
+    origin: &str,
+    catalog: &Catalog,
+) -> Result<Vec<(MsrIndex, u64)>, HostError> {
+    let err = |message: String| HostError::Profile {
+        path: PathBuf::from(origin),
+        message,
+    };
+    let p: Profile =
+        toml::from_str(text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
+    let mut values = Vec::new();
+    for (name, v) in p.msr {
+        values.push((catalog.resolve(&name).map_err(|e| err(e.to_string()))?, v));
+    }
+    Ok(values)
+}
+
 /// Every host source configured for a run.
 #[derive(Default)]
 pub struct HostSources {
@@ -79,17 +99,18 @@ impl HostSources {
 
     /// Adds a recorded profile.
     pub fn with_profile(mut self, path: &Path, catalog: &Catalog) -> Result<Self, HostError> {
-        let err = |message: String| HostError::Profile {
+        let text = std::fs::read_to_string(path).map_err(|e| HostError::Profile {
             path: path.to_owned(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let p: Profile =
-            toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().replace('\n', " ")))?;
-        let mut values = Vec::new();
-        for (name, v) in p.msr {
-            values.push((catalog.resolve(&name).map_err(|e| err(e.to_string()))?, v));
-        }
+            message: e.to_string(),
+        })?;
+        let values =
+            parse_profile(&text, &path.display().to_string(), catalog).map_err(|e| match e {
+                HostError::Profile { message, .. } => HostError::Profile {
+                    path: path.to_owned(),
+                    message,
+                },
+                other => other,
+            })?;
         self.profile = Some((format!("profile:{}", path.display()), values));
         Ok(self)
     }

@@ -215,8 +215,8 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         Vec::new()
     } else {
         vec![format!(
-            "guest kernel {}, guest CPU {}",
-            guest.fingerprint.kernel, guest.fingerprint.cpu_model
+            "guest kernel {}, guest CPU {}, report via the {}",
+            guest.fingerprint.kernel, guest.fingerprint.cpu_model, outcome.report_channel
         )]
     };
     let _ = Unavailable::NoDriver;

@@ -7,7 +7,8 @@
 //! deadline.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::io::{Cursor, Read, Seek};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::{bzimage::BzImage, load_cmdline, KernelLoader};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -42,11 +43,19 @@ const SERIAL_IRQ: u32 = 4;
 /// The most vCPUs a Linux guest gets here.
 pub const MAX_VCPUS: u8 = 32;
 
+/// Where the guest's `/init` (msr-probe) writes its framed report: guest physical memory the
+/// e820 map reserves, read by the VMM after the run. No exit per character, unlike the console
+/// (in the nested lab every console character costs an exit).
+pub const REPORT_WINDOW: u64 = 0xa_0000;
+/// The window's size.
+pub const REPORT_WINDOW_LEN: usize = 0x1_0000;
+
 /// The command line every guest gets before the caller's words: serial console, a triple
 /// fault for reboot (the VMM sees KVM_EXIT_SHUTDOWN), no panic wait, and a quiet kernel
-/// (every console character is an exit; in a nested lab, a costly one).
+/// (every console character is an exit; in a nested lab, a costly one), and the report
+/// window for msr-probe.
 pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=t panic=-1 loglevel=1 8250.nr_uarts=1 i8042.noaux i8042.nokbd";
+    "console=ttyS0 reboot=t panic=-1 loglevel=1 8250.nr_uarts=1 i8042.noaux i8042.nokbd KVMCAP_REPORT=mem:0xa0000:65536";
 
 /// What to boot.
 pub struct LinuxRequest<'a> {
@@ -83,6 +92,8 @@ pub struct LinuxOutcome {
     pub ends: Vec<VcpuEnd>,
     /// The report frame, or why there is none.
     pub frame: Result<Frame, FrameError>,
+    /// Where the frame came from: `memory window` or `console`.
+    pub report_channel: &'static str,
     /// The last console lines.
     pub console_tail: String,
     /// Console bytes printed.
@@ -188,33 +199,42 @@ fn set_lint(vcpu: &kvm_ioctls::VcpuFd, cpu: u8) -> Result<(), VmmError> {
     vcpu.set_lapic(&lapic).map_err(err)
 }
 
-/// Boots the guest and runs it to its end.
-pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
-    let start = Instant::now();
-    let count = check_vcpus(usize::from(req.vcpus), &req.limits, MAX_VCPUS)?;
-    if !(64..=65536).contains(&req.mem_mib) {
+/// Where [`load_kernel`] put the guest's images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadedKernel {
+    /// The 64-bit entry point: the boot vCPU's RIP.
+    pub entry: u64,
+    /// Where the initramfs starts.
+    pub initrd_addr: u64,
+}
+
+/// Loads a bzImage and its initramfs into `mem` (one region from address 0) and writes what a
+/// 64-bit boot needs: the boot parameters (the image's setup header, an e820 map, the command
+/// line [`BASE_CMDLINE`] + `cmdline`), the MP table for `vcpus` vCPUs and the boot page
+/// tables. Everything the image says is untrusted. `kernel_path` and `initrd_path` name the
+/// images in errors.
+pub fn load_kernel<F: Read + ReadVolatile + Seek>(
+    mem: &GuestMemoryMmap,
+    kernel: &mut F,
+    kernel_path: &Path,
+    initrd: &[u8],
+    initrd_path: &Path,
+    cmdline: &str,
+    vcpus: u8,
+) -> Result<LoadedKernel, VmmError> {
+    let mem_size = mem.last_addr().raw_value().saturating_add(1);
+    if mem_size <= HIMEM_START {
         return Err(VmmError::Request(format!(
-            "guest memory {} MiB: expected 64..=65536",
-            req.mem_mib
+            "guest memory of {mem_size} bytes ends below the kernel's load address"
         )));
     }
-    let mut kernel = File::open(&req.kernel).map_err(|e| image_err(&req.kernel, e))?;
-    let initrd = std::fs::read(&req.initramfs).map_err(|e| image_err(&req.initramfs, e))?;
-    let prep = prepare(&req.kvm_path, req.run)?;
-    let (vm, ctx) = (prep.vm, prep.ctx);
-    let mem_size = u64::from(req.mem_mib) << 20;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
-        .map_err(mem_err)?;
-    vm.register_memory(&mem)?;
-    create_irqchip(&vm)?;
-
     let loaded = BzImage::load(
-        &mem,
+        mem,
         Some(GuestAddress(HIMEM_START)),
-        &mut kernel,
+        kernel,
         Some(GuestAddress(HIMEM_START)),
     )
-    .map_err(|e| image_err(&req.kernel, format!("not a loadable bzImage: {e}")))?;
+    .map_err(|e| image_err(kernel_path, format!("not a loadable bzImage: {e}")))?;
     let mut params = boot_params::default();
     if let Some(hdr) = loaded.setup_header {
         params.hdr = hdr;
@@ -230,28 +250,25 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
     let initrd_addr = (max + 1).saturating_sub(initrd_len) & !0xfff;
     if initrd.is_empty() || initrd_addr <= kernel_end {
         return Err(image_err(
-            &req.initramfs,
+            initrd_path,
             format!(
                 "{} bytes do not fit in {} MiB of guest memory above the kernel",
-                initrd_len, req.mem_mib
+                initrd_len,
+                mem_size >> 20
             ),
         ));
     }
-    mem.write_slice(&initrd, GuestAddress(initrd_addr))
+    mem.write_slice(initrd, GuestAddress(initrd_addr))
         .map_err(mem_err)?;
     params.hdr.ramdisk_image = initrd_addr as u32;
     params.hdr.ramdisk_size = initrd_len as u32;
 
-    let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(|e| VmmError::Request(e.to_string()))?;
-    cmdline
-        .insert_str(format!("{BASE_CMDLINE} {}", req.cmdline).trim())
+    let mut line = Cmdline::new(CMDLINE_MAX).map_err(|e| VmmError::Request(e.to_string()))?;
+    line.insert_str(format!("{BASE_CMDLINE} {cmdline}").trim())
         .map_err(|e| VmmError::Request(format!("kernel command line: {e}")))?;
-    load_cmdline(&mem, GuestAddress(CMDLINE_ADDR), &cmdline)
+    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &line)
         .map_err(|e| VmmError::Request(format!("kernel command line: {e}")))?;
-    let cmdline_len = cmdline
-        .as_cstring()
-        .map(|c| c.as_bytes().len())
-        .unwrap_or(0);
+    let cmdline_len = line.as_cstring().map(|c| c.as_bytes().len()).unwrap_or(0);
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
     params.hdr.cmdline_size = cmdline_len as u32;
 
@@ -272,11 +289,103 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
     params.e820_entries = e820.len() as u8;
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
         &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE)),
-        &mem,
+        mem,
     )
     .map_err(|e| VmmError::Request(format!("boot parameters: {e}")))?;
-    mptable::write(&mem, count).map_err(mem_err)?;
-    boot::write_tables(&mem).map_err(mem_err)?;
+    mptable::write(mem, vcpus).map_err(mem_err)?;
+    boot::write_tables(mem).map_err(mem_err)?;
+    Ok(LoadedKernel {
+        entry: loaded.kernel_load.0 + 0x200,
+        initrd_addr,
+    })
+}
+
+/// The fuzzing entry point for kernel image loading: [`load_kernel`] of `bytes` as a bzImage
+/// (with a small initramfs) into 64 MiB of guest memory. Returns the entry point, or why the
+/// image was refused; it must never panic, whatever `bytes` hold.
+pub fn fuzz_load_bzimage(bytes: &[u8]) -> Result<u64, String> {
+    const FUZZ_MEM: usize = 64 << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), FUZZ_MEM)])
+        .map_err(|e| e.to_string())?;
+    load_kernel(
+        &mem,
+        &mut Cursor::new(bytes),
+        Path::new("fuzz.bzImage"),
+        &[0x5a; 4096],
+        Path::new("fuzz.initramfs"),
+        "KVMCAP_STREAM=fuzz",
+        2,
+    )
+    .map(|k| k.entry)
+    .map_err(|e| e.to_string())
+}
+
+/// The console limit [`fuzz_io_exits`] runs with.
+pub const FUZZ_CONSOLE_LIMIT: u64 = 64 << 10;
+
+/// The fuzzing entry point for the Linux guest's port I/O: builds the serial port, console
+/// (limit [`FUZZ_CONSOLE_LIMIT`]) and exit handler exactly as [`run_linux`] does (the IRQ
+/// trigger an unregistered eventfd), then feeds each `(port, write, data)` exit to `io_out`
+/// (`write`) or `io_in`, as a vCPU's run loop would. Returns the console bytes the guest
+/// printed and whether the console settled (report complete or broken). Must never panic.
+pub fn fuzz_io_exits(exits: &[(u16, bool, Vec<u8>)]) -> (u64, bool) {
+    let Ok(irq) = EventFd::new(EFD_NONBLOCK) else {
+        return (0, false);
+    };
+    let console = Arc::new(Mutex::new(Console::new(FUZZ_CONSOLE_LIMIT, false)));
+    let serial: SharedSerial = Arc::new(Mutex::new(Serial::new(
+        IrqTrigger(irq),
+        ConsoleWriter(console.clone()),
+    )));
+    let mut handler = LinuxHandler {
+        serial,
+        console: console.clone(),
+        model: None,
+    };
+    for (port, write, data) in exits {
+        if *write {
+            handler.io_out(*port, data);
+        } else {
+            let mut buf = data.clone();
+            handler.io_in(*port, &mut buf);
+        }
+    }
+    let seen = match console.lock() {
+        Ok(c) => (c.total(), c.settled()),
+        Err(_) => (0, false),
+    };
+    seen
+}
+
+/// Boots the guest and runs it to its end.
+pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
+    let start = Instant::now();
+    let count = check_vcpus(usize::from(req.vcpus), &req.limits, MAX_VCPUS)?;
+    if !(64..=65536).contains(&req.mem_mib) {
+        return Err(VmmError::Request(format!(
+            "guest memory {} MiB: expected 64..=65536",
+            req.mem_mib
+        )));
+    }
+    let mut kernel = File::open(&req.kernel).map_err(|e| image_err(&req.kernel, e))?;
+    let initrd = std::fs::read(&req.initramfs).map_err(|e| image_err(&req.initramfs, e))?;
+    let prep = prepare(&req.kvm_path, req.run)?;
+    let (vm, ctx) = (prep.vm, prep.ctx);
+    let mem_size = u64::from(req.mem_mib) << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
+        .map_err(mem_err)?;
+    vm.register_memory(&mem)?;
+    create_irqchip(&vm)?;
+
+    let loaded = load_kernel(
+        &mem,
+        &mut kernel,
+        &req.kernel,
+        &initrd,
+        &req.initramfs,
+        &req.cmdline,
+        count,
+    )?;
 
     vm.fd()
         .create_pit2(kvm_pit_config {
@@ -321,7 +430,7 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
             vcpu.set_sregs(&boot::long_mode_sregs(sregs))
                 .map_err(verr("KVM_SET_SREGS"))?;
             vcpu.set_regs(&kvm_bindings::kvm_regs {
-                rip: loaded.kernel_load.0 + 0x200,
+                rip: loaded.entry,
                 rsi: ZERO_PAGE,
                 rsp: BOOT_STACK,
                 rbp: BOOT_STACK,
@@ -345,11 +454,30 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
     let c = console
         .lock()
         .map_err(|_| VmmError::Request("console lock poisoned".into()))?;
+    // The report window, if the guest used it (untrusted: bounded, text up to the first NUL).
+    let mut window = vec![0u8; REPORT_WINDOW_LEN];
+    let from_window = mem
+        .read_slice(&mut window, GuestAddress(REPORT_WINDOW))
+        .ok()
+        .and_then(|()| {
+            let end = window.iter().position(|b| *b == 0).unwrap_or(window.len());
+            let text = String::from_utf8_lossy(&window[..end]);
+            text.contains(msr_probe::frame::MARKER)
+                .then(|| msr_probe::frame::decode_first(&text))
+        });
     Ok(LinuxOutcome {
         negotiation: ctx.negotiation,
         vendor: ctx.vendor,
         ends: summary.ends,
-        frame: c.result(),
+        report_channel: if from_window.is_some() {
+            "memory window"
+        } else {
+            "console"
+        },
+        frame: match from_window {
+            Some(r) => r,
+            None => c.result(),
+        },
         console_tail: c.tail(20),
         console_bytes: c.total(),
         flooded: c.flooded(),

@@ -175,6 +175,49 @@ impl ExitHandler for BareHandler {
     }
 }
 
+/// The fuzzing entry point for the bare guest's port I/O: feeds each `(port, write, data)` exit
+/// to a fresh [`BareHandler`] (as [`run_bare`] builds it, without a model) through `io_out`
+/// (`write`) or `io_in`, as a vCPU's run loop would, but on past the first end. Returns the
+/// stray I/O notes kept (at most 32) and the first end the handler asked for. Must never
+/// panic.
+pub fn fuzz_bare_io(exits: &[(u16, bool, Vec<u8>)]) -> (usize, Option<VcpuEnd>) {
+    let mut handler = BareHandler {
+        model: None,
+        stray: Vec::new(),
+    };
+    let mut first_end = None;
+    for (port, write, data) in exits {
+        let flow = if *write {
+            handler.io_out(*port, data)
+        } else {
+            let mut buf = data.clone();
+            handler.io_in(*port, &mut buf)
+        };
+        if let (None, Flow::End(e) | Flow::EndVm(e)) = (&first_end, flow) {
+            first_end = Some(e);
+        }
+    }
+    (handler.stray.len(), first_end)
+}
+
+/// The fuzzing entry point for the bare guest's results area: guest memory for two vCPUs as
+/// [`run_bare`] lays it out, the probe image, `ops` for vCPU `cpu`, then `area` written over
+/// that vCPU's results area as a hostile guest might leave it, read back with
+/// [`bare::read_results`]. `Err` when the setup itself is refused (too many operations, a vCPU
+/// beyond memory); otherwise whatever validation says. Must never panic.
+pub fn fuzz_bare_results(
+    cpu: u8,
+    ops: &[MsrOp],
+    area: &[u8],
+) -> Result<Result<Vec<OpResult>, ResultsError>, String> {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bare::memory_size(2))])
+        .map_err(|e| e.to_string())?;
+    bare::load_image(&mem)?;
+    bare::load_ops(&mem, cpu, ops)?;
+    bare::poke_results(&mem, cpu, 0, area)?;
+    Ok(bare::read_results(&mem, cpu, ops))
+}
+
 /// The capabilities a backend negotiates for `feature`.
 pub fn cap_requests(
     feature: Option<&FeatureSpec>,
