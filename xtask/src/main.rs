@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use xtask::{codegen, initramfs, kernel, lab, patches, pbv, pipeline, static_build, XtaskError};
 
+mod fuzz;
+
 const HELP: &str = "\
 cargo xtask: kvmcap's build loop
 
@@ -39,6 +41,12 @@ USAGE:
                                         kvmcap against its peers in one invocation: median,
                                         p10, p90 and ratios; rewrites BENCHMARKS.md and
                                         benchmarks.svg
+    cargo xtask fuzz [--seconds N] [TARGET...]
+                                        run the cargo-fuzz targets of fuzz/ (default: all,
+                                        60 s each) with cargo +nightly fuzz (cargo-fuzz is
+                                        installed when missing); crashes are copied into
+                                        fuzz/regressions/TARGET/; prints seconds, executions
+                                        and crashes per target, fails if any crashed
     cargo xtask help                    this help
 
 EXIT CODES: 0 pass, 1 usage or a failed verdict, 2 a tool could not start, 3 build failed,
@@ -55,6 +63,7 @@ struct Args {
     no_edit_loop: bool,
     json: Option<PathBuf>,
     jobs: Vec<String>,
+    seconds: Option<u64>,
 }
 
 fn parse(args: &[String]) -> Result<Args, XtaskError> {
@@ -67,6 +76,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         no_edit_loop: false,
         json: None,
         jobs: Vec::new(),
+        seconds: None,
     };
     let mut it = args.iter();
     while let Some(x) = it.next() {
@@ -83,6 +93,12 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
             "--json" => a.json = Some(value("--json")?.into()),
             "--scenario" => a.scenarios.push(value("--scenario")?),
             "--job" => a.jobs.push(value("--job")?),
+            "--seconds" => {
+                let v = value("--seconds")?;
+                a.seconds = Some(v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    XtaskError::Usage(format!("--seconds `{v}`: a whole number above 0"))
+                })?)
+            }
             s if s.starts_with('-') => {
                 return Err(XtaskError::Usage(format!("unknown option `{s}`")))
             }
@@ -198,6 +214,12 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
             print!("{table}");
             println!("wrote BENCHMARKS.md and benchmarks.svg");
             Ok(true)
+        }
+        ["fuzz", targets @ ..] => {
+            let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+            let runs = fuzz::run(a.seconds.unwrap_or(60), &targets)?;
+            print!("{}", fuzz::table(&runs));
+            Ok(runs.iter().all(|r| r.crashes.is_empty()))
         }
         [] | ["help"] => {
             print!("{HELP}");
