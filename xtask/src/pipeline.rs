@@ -37,6 +37,10 @@ impl Artifacts {
 /// Fetches the source, applies `kernel-patches/` (unless `tree` is the user's own, which is
 /// used as it is), builds the kernel and the series' selftest, and packs the lab initramfs.
 pub fn prepare(tree: Option<&Path>) -> Result<Artifacts, XtaskError> {
+    if lab::qemu().is_err() {
+        // As root this installs QEMU; otherwise it names the apt-get command.
+        kernel::ensure_packages(&["qemu-system-x86"])?;
+    }
     let tree = match tree {
         Some(t) => kernel::fetch(Some(t))?,
         None => patches::apply(&kernel::fetch(None)?, &patches::series_dir())?,
