@@ -242,7 +242,7 @@ pub fn load_kernel<F: Read + ReadVolatile + Seek>(
     params.hdr.type_of_loader = 0xff;
     params.hdr.boot_flag = 0xaa55;
     params.hdr.header = 0x5372_6448;
-    let kernel_end = loaded.kernel_load.0 + loaded.kernel_end;
+    let kernel_end = loaded.kernel_end; // linux-loader gives the absolute end
 
     // The initramfs goes as high as the kernel allows.
     let max = u64::from(params.hdr.initrd_addr_max).min(mem_size - 1);
