@@ -22,6 +22,9 @@ use std::fmt;
 
 /// The marker that starts every frame line.
 pub const MARKER: &str = "@kvmcap:";
+/// The console line a guest prints after writing its report into the memory window instead
+/// (`msr-probe init` with `KVMCAP_REPORT=mem:...`): the VMM may end the run then.
+pub const WINDOW_WRITTEN: &str = "msr-probe: report in guest memory";
 /// The longest payload a line may carry.
 pub const MAX_PAYLOAD: usize = 240;
 /// The most data lines a frame may have (bounds the decoder's memory: about 2 MiB).

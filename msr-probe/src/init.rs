@@ -160,7 +160,8 @@ pub fn run_init(sys: &mut dyn InitSystem, config: &InitConfig, catalog: &Catalog
         Some(Ok((addr, n))) => {
             let _ = writeln!(
                 sys.console(),
-                "msr-probe: report in guest memory at {addr:#x} ({n} bytes)"
+                "{} at {addr:#x} ({n} bytes)",
+                crate::frame::WINDOW_WRITTEN
             );
         }
         other => {

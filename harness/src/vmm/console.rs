@@ -22,6 +22,7 @@ pub struct Console {
     frame: Option<Frame>,
     error: Option<FrameError>,
     echo: bool,
+    window_written: bool,
 }
 
 impl Console {
@@ -37,6 +38,7 @@ impl Console {
             frame: None,
             error: None,
             echo,
+            window_written: false,
         }
     }
 
@@ -66,6 +68,11 @@ impl Console {
             return;
         }
         let text = String::from_utf8_lossy(&line);
+        if text.contains(msr_probe::frame::WINDOW_WRITTEN) {
+            // The report is in the memory window; the VMM reads it after the run.
+            self.window_written = true;
+            return;
+        }
         if cut && text.contains(msr_probe::frame::MARKER) {
             self.error = Some(FrameError::Corrupted {
                 seq: "?".into(),
@@ -82,7 +89,7 @@ impl Console {
 
     /// Whether the report arrived (or failed): nothing more is needed from the guest.
     pub fn settled(&self) -> bool {
-        self.frame.is_some() || self.error.is_some()
+        self.frame.is_some() || self.error.is_some() || self.window_written
     }
 
     /// Whether the guest printed more than the limit.
@@ -165,6 +172,22 @@ mod tests {
         assert_eq!(flood.text().len(), 1000);
         assert_eq!(flood.result(), Err(FrameError::NoFrame));
         assert!(!flood.settled());
+    }
+
+    #[test]
+    fn the_window_line_settles_the_console() {
+        let mut c = Console::new(1 << 20, false);
+        c.push(b"[ 1.0] noise\n");
+        assert!(!c.settled());
+        c.push(
+            format!(
+                "{} at 0xa0000 (100 bytes)\n",
+                msr_probe::frame::WINDOW_WRITTEN
+            )
+            .as_bytes(),
+        );
+        assert!(c.settled());
+        assert_eq!(c.result(), Err(FrameError::NoFrame));
     }
 
     #[test]
