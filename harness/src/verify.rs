@@ -12,7 +12,7 @@ use crate::report::{KernelPpin, Report, RunFingerprint};
 use crate::vmm::linux::{run_linux, LinuxOutcome, LinuxRequest};
 use crate::vmm::machine::{FeatureRun, Limits, VmmError};
 use crate::vmm::vcpu::VcpuEnd;
-use msr_probe::{Catalog, Fingerprint, MsrIndex, ProbeReport, Reading, Unavailable};
+use msr_probe::{Catalog, Fingerprint, MsrIndex, ProbeReport};
 
 /// What to verify.
 pub struct VerifyRequest<'a> {
@@ -187,10 +187,7 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
     let mut kernel_ppin = Vec::new();
     for c in &guest.cpus {
         for r in &c.readings {
-            let g = match &r.reading {
-                Reading::Unavailable(u) => Reading::Unavailable(u.clone()),
-                other => other.clone(),
-            };
+            let g = r.reading.clone();
             readings.push(judge(
                 c.cpu,
                 r.index,
@@ -219,7 +216,6 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
             guest.fingerprint.kernel, guest.fingerprint.cpu_model, outcome.report_channel
         )]
     };
-    let _ = Unavailable::NoDriver;
     Ok(Report {
         fingerprint: RunFingerprint {
             kernel: me.kernel,
@@ -255,6 +251,7 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
 mod tests {
     use super::*;
     use msr_probe::report::CpuReadings;
+    use msr_probe::Reading;
 
     #[test]
     fn initramfs_checks() {

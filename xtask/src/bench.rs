@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -441,7 +441,6 @@ pub fn run(
     if with_edit_loop {
         benches.push(edit_loop(if quick { 1 } else { 3 })?);
     }
-    let _ = Duration::ZERO;
     write_report(&benches, json_path)
 }
 
