@@ -39,9 +39,11 @@ USAGE:
         every capability of the running KVM, asked on /dev/kvm and on a VM
     kvmcap probe --guest bare --feature F --backend none|user|kernel [--vcpus N]
                  [--msr M ...] [--catalog] [--host-value NAME=VALUE ...]
-                 [--host-profile FILE] [--repeat N] [--irqchip] [--json] [--report PATH]
+                 [--host-profile FILE] [--repeat N] [--timed] [--irqchip] [--json]
+                 [--report PATH]
         read MSRs in the bare long-mode guest on every vCPU and judge each reading
-        (default MSRs: the feature's)
+        (default MSRs: the feature's); --timed measures each access in the guest
+        (lfence; rdtsc) and reports its TSC ticks
     kvmcap run SCENARIO [--backend B] [--vcpus N] [--json] [--report PATH]
         run a scenario (a name in fixtures/scenarios/ or a .toml path); without
         --backend, every backend the scenario supports
@@ -96,6 +98,8 @@ pub struct Options {
     pub catalog: bool,
     /// `--irqchip`: give the bare guest an in-kernel irqchip.
     pub irqchip: bool,
+    /// `--timed`: bracket every access with `lfence; rdtsc` and report the ticks.
+    pub timed: bool,
     /// `--repeat`: the MSR list read this many times (for measuring access cost).
     pub repeat: usize,
     /// `--host-value`.
@@ -154,6 +158,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
         catalog: false,
         irqchip: false,
         repeat: 1,
+        timed: false,
         host_values: Vec::new(),
         host_profile: None,
         report: None,
@@ -199,6 +204,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
             }
             "--catalog" => o.catalog = true,
             "--irqchip" => o.irqchip = true,
+            "--timed" => o.timed = true,
             "--repeat" => {
                 let v = value("--repeat")?;
                 o.repeat = v

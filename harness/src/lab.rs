@@ -209,6 +209,7 @@ pub fn run_job(
                         host: &host,
                         limits,
                         irqchip: false,
+                        timed: false,
                     },
                     catalog,
                 )

@@ -188,6 +188,7 @@ fn cmd_probe(o: &Options) -> Result<bool, Failure> {
             host: &host,
             limits: o.limits,
             irqchip: o.irqchip,
+            timed: o.timed,
         },
         &catalog,
     )

@@ -31,6 +31,8 @@ pub struct ProbeRequest<'a> {
     pub limits: Limits,
     /// Give the VM an in-kernel irqchip (see [`BareRequest::irqchip`]).
     pub irqchip: bool,
+    /// Time every access in the guest (see [`BareRequest::timed`]).
+    pub timed: bool,
 }
 
 /// The guest's reading of op `i` on a vCPU, or why there is none.
@@ -165,6 +167,7 @@ pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, V
         initial: Vec::new(),
         limits: req.limits,
         irqchip: req.irqchip,
+        timed: req.timed,
     })?;
     let mut oracle = match (req.feature, &outcome.model_inputs) {
         (Some(f), Some(inputs)) => Some(build_model(f, inputs)),
@@ -183,7 +186,9 @@ pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, V
                 req.host,
                 catalog,
             );
-            row.cycles = outcome.cycles.get(cpu).and_then(|c| c.get(i)).copied();
+            if req.timed {
+                row.cycles = outcome.cycles.get(cpu).and_then(|c| c.get(i)).copied();
+            }
             readings.push(row);
         }
     }

@@ -605,6 +605,7 @@ pub fn run_scenario(
             initial: initial.clone(),
             limits: case_limits,
             irqchip: false,
+            timed: false,
         })?;
         // The oracle: the feature model in the same starting state, fed the same steps.
         let inputs = match &outcome.model_inputs {

@@ -35,6 +35,7 @@ fn probe_spec(
             host,
             limits: Limits::default(),
             irqchip: false,
+            timed: false,
         },
         catalog,
     )

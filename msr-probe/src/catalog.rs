@@ -8,7 +8,6 @@ use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use toml::Spanned;
 
 use crate::index::MsrIndex;
 
@@ -210,39 +209,11 @@ pub enum CatalogError {
     },
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCatalog {
-    #[serde(default)]
-    msr: Vec<Spanned<RawEntry>>,
-}
+use crate::catalog_raw::{parse_entries, RawEntry};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEntry {
-    index: u64,
-    name: String,
-    vendor: String,
-    scope: String,
-    #[serde(default)]
-    rule: Option<String>,
-    #[serde(default)]
-    mask: Option<u64>,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    field: Vec<RawField>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawField {
-    name: String,
-    bits: String,
-    #[serde(default)]
-    description: Option<String>,
+mod builtin {
+    use crate::catalog_raw::{RawEntry, RawField};
+    include!(concat!(env!("OUT_DIR"), "/builtin_catalog.rs"));
 }
 
 /// The validated catalog.
@@ -253,19 +224,11 @@ pub struct Catalog {
     origin: String,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()
-        .iter()
-        .take(offset)
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
 impl Catalog {
-    /// The catalog compiled into the binary (`fixtures/msr/catalog.toml`).
+    /// The catalog compiled into the binary (`fixtures/msr/catalog.toml`, turned into Rust
+    /// data by the build script and validated here like any catalog file).
     pub fn builtin() -> Result<Self, CatalogError> {
-        Self::parse(BUILTIN_CATALOG, "fixtures/msr/catalog.toml (built in)")
+        Self::validate(builtin::entries(), "fixtures/msr/catalog.toml (built in)")
     }
 
     /// Loads and validates a catalog file.
@@ -280,20 +243,19 @@ impl Catalog {
 
     /// Parses and validates catalog text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, CatalogError> {
-        let raw: RawCatalog = toml::from_str(text).map_err(|e| CatalogError::Syntax {
+        let raw = parse_entries(text).map_err(|e| CatalogError::Syntax {
             origin: origin.to_owned(),
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
-        let mut entries = Vec::with_capacity(raw.msr.len());
+        Self::validate(raw, origin)
+    }
+
+    /// Validates raw entries, each with the line it starts on.
+    fn validate(raw: Vec<(usize, RawEntry)>, origin: &str) -> Result<Self, CatalogError> {
+        let mut entries = Vec::with_capacity(raw.len());
         let mut by_index = HashMap::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
-        // Line numbers by counting newlines incrementally (entries come in file order).
-        let (mut counted_to, mut line) = (0usize, 1usize);
-        for spanned in raw.msr {
-            let start = spanned.span().start.max(counted_to);
-            line += line_of(&text[counted_to..start.min(text.len())], usize::MAX) - 1;
-            counted_to = start.min(text.len());
-            let r = spanned.into_inner();
+        for (line, r) in raw {
             let err = |name: &str, problem: String| CatalogError::Entry {
                 origin: origin.to_owned(),
                 line,
@@ -535,6 +497,17 @@ rule = "monotonic"
                 ..
             } => (line, name, problem),
             other => panic!("expected an entry error, got {other}"),
+        }
+    }
+
+    /// The build script's Rust data and the TOML text give the same catalog, lines included.
+    #[test]
+    fn builtin_data_matches_the_catalog_file() {
+        let built = Catalog::builtin().unwrap();
+        let parsed = Catalog::parse(BUILTIN_CATALOG, "text").unwrap();
+        assert_eq!(built.entries().len(), parsed.entries().len());
+        for (b, p) in built.entries().iter().zip(parsed.entries()) {
+            assert_eq!(format!("{b:?}"), format!("{p:?}"));
         }
     }
 

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod catalog;
+mod catalog_raw;
 pub mod format;
 pub mod frame;
 pub mod index;

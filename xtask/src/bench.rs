@@ -155,8 +155,9 @@ pub fn bare_probe(
     kvmcap: &Path,
     floor: &Path,
     runs: usize,
-    catalog_len: usize,
+    catalog: &[String],
 ) -> Result<Bench, XtaskError> {
+    let catalog_len = catalog.len();
     let k = time_command(
         Command::new(kvmcap).args([
             "probe",
@@ -171,10 +172,7 @@ pub fn bare_probe(
         ]),
         runs,
     )?;
-    let f = time_command(
-        Command::new(floor).args(["2", &catalog_len.to_string()]),
-        runs,
-    )?;
+    let f = time_command(Command::new(floor).arg("2").args(catalog), runs)?;
     Ok(Bench {
         name: format!("bare probe, process start to report, catalog ({catalog_len} MSRs) x 2 vCPUs"),
         kvmcap: Some(k),
@@ -202,6 +200,7 @@ pub fn msr_cost(kvmcap: &Path, runs: usize) -> Result<Vec<Bench>, XtaskError> {
                 "1",
                 "--msr",
                 msr,
+                "--timed",
                 "--repeat",
             ])
             .arg(n.to_string())
@@ -433,10 +432,16 @@ pub fn run(
     let runs = if quick { 20 } else { 50 };
     let kvmcap = build_kvmcap()?;
     let floor = build_floor()?;
-    let catalog_len = msr_probe::Catalog::builtin()
-        .map(|c| c.entries().len())
-        .unwrap_or(0);
-    let mut benches = vec![bare_probe(&kvmcap, &floor, runs, catalog_len)?];
+    let catalog: Vec<String> = msr_probe::Catalog::builtin()
+        .map_err(|e| XtaskError::Output {
+            path: workspace_root().join("fixtures/msr/catalog.toml"),
+            problem: e.to_string(),
+        })?
+        .entries()
+        .iter()
+        .map(|e| format!("{:x}", e.index.raw()))
+        .collect();
+    let mut benches = vec![bare_probe(&kvmcap, &floor, runs, &catalog)?];
     benches.extend(msr_cost(&kvmcap, if quick { 10 } else { 20 })?);
     if with_edit_loop {
         benches.push(edit_loop(if quick { 1 } else { 3 })?);

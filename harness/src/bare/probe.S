@@ -1,31 +1,33 @@
 /*
- * The bare probe guest: a few hundred bytes of 64-bit code that kvmcap starts on every vCPU
- * directly in long mode (the VMM provides page tables, GDT and segment state).
+ * The bare probe guest's runtime: entry, #GP handler and the unexpected-exception report.
+ * The operations themselves are not interpreted here: the VMM compiles each vCPU's operation
+ * list into straight-line code (see bare/mod.rs, `compile_ops`), as a KVM selftest would
+ * write it by hand, because every guest instruction costs an exit's worth of time on hosts
+ * that emulate guest code. kvmcap starts every vCPU here directly in long mode (the VMM
+ * provides page tables, GDT and segment state).
  *
  * Entry registers (set by the VMM):
- *   rdi = address of the operation list (shared by all vCPUs, read only)
- *   rsi = address of this vCPU's results area
- *   rdx = number of operations
+ *   rdi = this vCPU's compiled operations
+ *   rsi = this vCPU's results area
  *   r8  = address of a 4 KiB page for this vCPU's IDT
  *   rsp = top of this vCPU's stack
  *
- * Operation (16 bytes):  u32 kind, u32 index, u64 value (for wrmsr). Kinds: 1 = rdmsr,
- *                        2 = wrmsr, 3 = triple fault (load an empty IDT, then ud2), 4 = spin
- *                        forever (for the VMM's SHUTDOWN and deadline paths)
- * Results area:          u32 magic 'KVMR', u32 done, then one 16-byte record per operation:
- *                        u32 status (1 = ok, 2 = #GP), u32 cycles (TSC ticks the rdmsr or
- *                        wrmsr took, #GP delivery included, measured with lfence; rdtsc),
- *                        u64 value (what rdmsr read, or what wrmsr wrote)
+ * Results area: u32 magic 'KVMR', u32 done (written by the compiled code at its end), then one
+ * 16-byte record per operation: u32 status (0 = not reached, 1 = ok, 2 = #GP), u32 cycles
+ * (timed runs only), u64 value.
  *
- * A #GP on rdmsr/wrmsr is caught by the IDT's vector 13 handler, which records the fault and
- * skips the 2-byte instruction. Any other exception arrives as a #GP for a not-present IDT
- * entry (error code bit 1 set): the guest then reports it on the done port and halts.
- *
- * When every operation ran, the guest writes the count to the done port and halts.
+ * The contract with the compiled code: %rbx holds the results area throughout, and every
+ * rdmsr/wrmsr (2 bytes) is immediately followed by `movl $1, disp32(%rbx)`, the store of its
+ * record's status. On a #GP there, the handler reads that displacement, stores status 2
+ * instead, zeroes eax/edx (the value) and resumes after the status store. Any other exception
+ * arrives as a #GP for a not-present IDT entry (error code bit 1 set), or as a #GP whose next
+ * instruction is not a status store: the guest reports the vector on the fault port and halts.
  */
-	.set DONE_PORT, 0x0510
 	.set FAULT_PORT, 0x0511
-	.set MAGIC, 0x524d564b	/* "KVMR" */
+	.set MAGIC, 0x524d564b		/* "KVMR" */
+	.set STATUS_GP, 2
+	.set STATUS_STORE, 0x83c7		/* c7 83: movl $imm32, disp32(%rbx) */
+	.set STATUS_STORE_LEN, 10
 
 	.text
 	.code64
@@ -51,92 +53,30 @@ kvmcap_probe_start:
 
 	movl	$MAGIC, (%rsi)
 	movl	$0, 4(%rsi)
-	mov	%rdx, %r12			/* count */
-	xor	%r13, %r13			/* i */
-	mov	%rdi, %r14			/* ops */
-	lea	8(%rsi), %rbx			/* records */
-next_op:
-	cmp	%r12, %r13
-	jae	all_done
-	mov	%r13, %r9
-	shl	$4, %r9
-	mov	0(%r14,%r9), %r10d		/* kind */
-	mov	4(%r14,%r9), %ecx		/* index */
-	xor	%r15, %r15			/* fault flag, set by the #GP handler */
-	cmp	$1, %r10d
-	je	do_rdmsr
-	cmp	$2, %r10d
-	je	do_wrmsr
-	cmp	$3, %r10d
-	je	do_triple_fault
-	cmp	$4, %r10d
-	je	do_spin
-	/* Unknown kind: record status 0 and stop. */
-	jmp	all_done
-do_triple_fault:
-	sub	$16, %rsp
-	movw	$0, (%rsp)
-	movq	$0, 2(%rsp)
-	lidt	(%rsp)
-	ud2
-do_spin:
-	jmp	do_spin
-do_rdmsr:
-	lfence
-	rdtsc
-	mov	%eax, %r11d			/* start */
-	rdmsr
-	jmp	timed
-do_wrmsr:
-	lfence
-	rdtsc
-	mov	%eax, %r11d			/* start */
-	mov	8(%r14,%r9), %rax
-	mov	%rax, %rdx
-	shr	$32, %rdx
-	wrmsr
-timed:
-	mov	%eax, %edi			/* keep the MSR value */
-	mov	%edx, %ebp
-	lfence
-	rdtsc
-	sub	%r11d, %eax
-	mov	%eax, 4(%rbx,%r9)		/* cycles */
-	mov	%edi, %eax
-	mov	%ebp, %edx
-record:
-	shl	$32, %rdx
-	mov	%eax, %eax
-	or	%rdx, %rax
-	mov	%rax, 8(%rbx,%r9)
-	movl	$1, (%rbx,%r9)
-	test	%r15, %r15
-	jz	1f
-	movl	$2, (%rbx,%r9)
-	movq	$0, 8(%rbx,%r9)
-1:
-	inc	%r13
-	mov	%r13d, 4(%rsi)
-	jmp	next_op
-all_done:
-	mov	$DONE_PORT, %dx
-	mov	%r13d, %eax
-	out	%eax, %dx
-2:
-	hlt
-	jmp	2b
+	mov	%rsi, %rbx
+	jmp	*%rdi
 
 	/* #GP handler. Stack: error code, RIP, CS, RFLAGS, RSP, SS. */
 gp_handler:
 	testq	$2, (%rsp)			/* IDT bit: an exception without a handler */
 	jnz	unexpected
-	mov	$1, %r15
-	addq	$2, 8(%rsp)			/* skip rdmsr/wrmsr (0f 32 / 0f 30) */
-	add	$8, %rsp
+	add	$8, %rsp			/* drop the error code */
+	mov	(%rsp), %rax			/* the faulting rdmsr/wrmsr */
+	cmpw	$STATUS_STORE, 2(%rax)		/* followed by its status store? */
+	jne	unexpected_gp
+	movslq	4(%rax), %rax			/* the store's displacement: the record */
+	movl	$STATUS_GP, (%rbx,%rax)
+	addq	$(2 + STATUS_STORE_LEN), (%rsp)	/* resume after the status store */
+	xor	%eax, %eax
+	xor	%edx, %edx
 	iretq
+unexpected_gp:
+	mov	$13, %eax
+	jmp	report
 unexpected:
 	mov	(%rsp), %rax
 	shr	$3, %rax			/* the vector */
+report:
 	mov	$FAULT_PORT, %dx
 	out	%eax, %dx
 3:

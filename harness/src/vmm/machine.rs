@@ -102,6 +102,9 @@ pub struct BareRequest<'a> {
     /// none, and without it x2APIC MSRs #GP; measured here, an irqchip adds ~14 ms of
     /// wall time to every VM (kernel-side setup and teardown), 6x the rest of a bare run.
     pub irqchip: bool,
+    /// Bracket every MSR access with `lfence; rdtsc` and record the ticks (for benchmarks:
+    /// adds ten guest instructions per access).
+    pub timed: bool,
 }
 
 /// What a bare run produced.
@@ -115,7 +118,8 @@ pub struct BareOutcome {
     pub ends: Vec<VcpuEnd>,
     /// Each vCPU's results, validated.
     pub results: Vec<Result<Vec<OpResult>, ResultsError>>,
-    /// TSC ticks per operation as the guest measured them (untrusted; for benchmarks).
+    /// TSC ticks per operation as the guest measured them (untrusted; for benchmarks; all 0
+    /// unless the request was timed).
     pub cycles: Vec<Vec<u32>>,
     /// The vCPUs' TSC frequency (`KVM_GET_TSC_KHZ`), to turn ticks into time.
     pub tsc_khz: Option<u32>,
@@ -213,7 +217,7 @@ pub fn fuzz_bare_results(
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bare::memory_size(2))])
         .map_err(|e| e.to_string())?;
     bare::load_image(&mem)?;
-    bare::load_ops(&mem, cpu, ops)?;
+    bare::load_ops(&mem, cpu, ops, false)?;
     bare::poke_results(&mem, cpu, 0, area)?;
     Ok(bare::read_results(&mem, cpu, ops))
 }
@@ -612,7 +616,7 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
     }
     bare::load_image(&mem).map_err(VmmError::Request)?;
     for (cpu, ops) in req.ops.iter().enumerate() {
-        bare::load_ops(&mem, cpu as u8, ops).map_err(VmmError::Request)?;
+        bare::load_ops(&mem, cpu as u8, ops, req.timed).map_err(VmmError::Request)?;
     }
     let (vm_ready, vcpus) = vm.create_vcpus(count)?;
     let mut runnable = Vec::with_capacity(usize::from(count));
@@ -623,7 +627,7 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
         let sregs = vcpu.get_sregs().map_err(vcpu_err(cpu, "KVM_GET_SREGS"))?;
         vcpu.set_sregs(&crate::vmm::boot::long_mode_sregs(sregs))
             .map_err(vcpu_err(cpu, "KVM_SET_SREGS"))?;
-        vcpu.set_regs(&bare::regs(cpu, req.ops[usize::from(cpu)].len()))
+        vcpu.set_regs(&bare::regs(cpu))
             .map_err(vcpu_err(cpu, "KVM_SET_REGS"))?;
         if req.irqchip {
             // With an in-kernel local APIC, application processors wait for INIT/SIPI.
