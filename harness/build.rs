@@ -1,4 +1,4 @@
-//! Assembles the bare probe guest (src/bare/probe.S) with the C toolchain the `cc` crate finds
+//! Assembles the bare probe guest's exception handlers (src/bare/probe.S) with the C toolchain the `cc` crate finds
 //! (GNU as through gcc), then extracts its position-independent .text as a flat image that
 //! kvmcap embeds. No prebuilt blobs: the image is rebuilt from source on every change.
 

@@ -502,7 +502,7 @@ pub fn examples(name: &str) -> Vec<Vec<u8>> {
             let mut v = vec![0u8, 3, 0, 1, 0];
             v.extend_from_slice(&0x524d_564bu32.to_le_bytes());
             v.extend_from_slice(&3u32.to_le_bytes());
-            for (status, value) in [(1u32, 0x1234u64), (1, 0), (2, 0)] {
+            for (status, value) in [(0u32, 0x1234u64), (0, 0), (2, 0)] {
                 v.extend_from_slice(&status.to_le_bytes());
                 v.extend_from_slice(&40u32.to_le_bytes());
                 v.extend_from_slice(&value.to_le_bytes());

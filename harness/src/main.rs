@@ -9,7 +9,7 @@ use kvmcap::feature::{FeatureError, FeatureSpec};
 use kvmcap::host::HostSources;
 use kvmcap::kvm::{cap_name, KvmError, KvmSystem};
 use kvmcap::negotiate::NegotiationError;
-use kvmcap::probe::{probe_bare, ProbeRequest};
+use kvmcap::probe::{probe_bare_on, ProbeRequest};
 use kvmcap::report::write_atomic;
 use kvmcap::scenario::{run_scenario, Scenario, ScenarioError};
 use kvmcap::verify::{verify_linux, VerifyError, VerifyRequest};
@@ -62,7 +62,7 @@ fn catalog() -> Result<Catalog, Failure> {
     Catalog::builtin().map_err(|e| fail(exit::INPUT, e))
 }
 
-fn emit(o: &Options, json: &impl Serialize, table: String) -> Result<(), Failure> {
+fn emit(o: &Options, json: &impl Serialize, table: impl FnOnce() -> String) -> Result<(), Failure> {
     let doc = serde_json::to_string_pretty(json).map_err(|e| fail(exit::OUTPUT, e))? + "\n";
     if let Some(path) = &o.report {
         write_atomic(path, doc.as_bytes())
@@ -71,7 +71,7 @@ fn emit(o: &Options, json: &impl Serialize, table: String) -> Result<(), Failure
     if o.json {
         print!("{doc}");
     } else {
-        print!("{table}");
+        print!("{}", table());
     }
     Ok(())
 }
@@ -121,7 +121,7 @@ fn cmd_caps(o: &Options) -> Result<(), Failure> {
             r.number, r.name, r.system, r.vm
         ));
     }
-    emit(o, &rows, table)
+    emit(o, &rows, || table)
 }
 
 fn feature(o: &Options, catalog: &Catalog) -> Result<FeatureSpec, Failure> {
@@ -151,8 +151,12 @@ fn host_sources(o: &Options, catalog: &Catalog) -> Result<HostSources, Failure> 
 }
 
 fn cmd_probe(o: &Options) -> Result<bool, Failure> {
+    // Open KVM and create the VM while the catalog and feature are read.
+    let open = kvmcap::vmm::machine::OpenVm::open_in_background(o.kvm.clone());
+
     let catalog = catalog()?;
     let spec = feature(o, &catalog)?;
+
     let mut msrs: Vec<MsrIndex> = Vec::new();
     for m in &o.msrs {
         msrs.push(catalog.resolve(m).map_err(|e| fail(exit::USAGE, e))?);
@@ -178,7 +182,13 @@ fn cmd_probe(o: &Options) -> Result<bool, Failure> {
         ));
     }
     let host = host_sources(o, &catalog)?;
-    let report = probe_bare(
+
+    let open = open
+        .join()
+        .map_err(|_| fail(exit::KVM, "opening KVM: the thread panicked"))?
+        .map_err(vmm_failure)?;
+    let report = probe_bare_on(
+        open,
         &ProbeRequest {
             kvm_path: o.kvm.clone(),
             feature: Some(&spec),
@@ -193,7 +203,8 @@ fn cmd_probe(o: &Options) -> Result<bool, Failure> {
         &catalog,
     )
     .map_err(vmm_failure)?;
-    emit(o, &report, report.table())?;
+    emit(o, &report, || report.table())?;
+
     Ok(report.ok())
 }
 
@@ -234,7 +245,7 @@ fn cmd_run(o: &Options) -> Result<bool, Failure> {
         ));
     }
     let pass = reports.iter().all(|r| r.pass);
-    emit(o, &reports, table)?;
+    emit(o, &reports, || table)?;
     Ok(pass)
 }
 
@@ -293,7 +304,7 @@ fn cmd_verify(o: &Options) -> Result<bool, Failure> {
             fail(exit::NO_REPORT, e.to_string().replace('\n', " | "))
         }
     })?;
-    emit(o, &report, report.table())?;
+    emit(o, &report, || report.table())?;
     Ok(report.ok())
 }
 

@@ -9,7 +9,7 @@ use crate::compare::{against_host, against_model, Verdict};
 use crate::feature::FeatureSpec;
 use crate::host::HostSources;
 use crate::report::{Report, Row, RunFingerprint};
-use crate::vmm::machine::{run_bare, BareOutcome, BareRequest, Limits, VmmError};
+use crate::vmm::machine::{run_bare_on, BareOutcome, BareRequest, Limits, OpenVm, VmmError};
 use crate::vmm::vcpu::VcpuEnd;
 use msr_probe::{Catalog, Fingerprint, MsrIndex, Reading, Rule, Unavailable};
 
@@ -152,23 +152,35 @@ pub fn judge(
 
 /// Runs the probe and builds its report.
 pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, VmmError> {
+    probe_bare_on(OpenVm::open(&req.kvm_path)?, req, catalog)
+}
+
+/// [`probe_bare`] on a VM already opened (see [`OpenVm`]).
+pub fn probe_bare_on(
+    open: OpenVm,
+    req: &ProbeRequest<'_>,
+    catalog: &Catalog,
+) -> Result<Report, VmmError> {
     let ops: Vec<MsrOp> = req
         .msrs
         .iter()
         .map(|&index| MsrOp::Read { index })
         .collect();
-    let outcome = run_bare(&BareRequest {
-        kvm_path: req.kvm_path.clone(),
-        feature: req.feature,
-        backend: req.backend,
-        ops: vec![ops.clone(); usize::from(req.vcpus)],
-        host: req.host,
-        cap_args: None,
-        initial: Vec::new(),
-        limits: req.limits,
-        irqchip: req.irqchip,
-        timed: req.timed,
-    })?;
+    let outcome = run_bare_on(
+        open,
+        &BareRequest {
+            kvm_path: req.kvm_path.clone(),
+            feature: req.feature,
+            backend: req.backend,
+            ops: vec![ops.clone(); usize::from(req.vcpus)],
+            host: req.host,
+            cap_args: None,
+            initial: Vec::new(),
+            limits: req.limits,
+            irqchip: req.irqchip,
+            timed: req.timed,
+        },
+    )?;
     let mut oracle = match (req.feature, &outcome.model_inputs) {
         (Some(f), Some(inputs)) => Some(build_model(f, inputs)),
         _ => None,
@@ -192,6 +204,7 @@ pub fn probe_bare(req: &ProbeRequest<'_>, catalog: &Catalog) -> Result<Report, V
             readings.push(row);
         }
     }
+
     Ok(Report {
         fingerprint: fingerprint(&outcome, req.feature, req.backend, "bare", req.host),
         negotiation: outcome.negotiation.clone(),

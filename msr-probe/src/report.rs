@@ -27,7 +27,19 @@ impl Fingerprint {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "unknown".into());
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        // Only the first CPU's block: the kernel formats /proc/cpuinfo as it is read, and
+        // every CPU's block costs CPUID calls (trapped, on a virtual host).
+        let mut cpuinfo = String::new();
+        if let Ok(f) = std::fs::File::open("/proc/cpuinfo") {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+                if line.trim().is_empty() {
+                    break;
+                }
+                cpuinfo.push_str(&line);
+                cpuinfo.push('\n');
+            }
+        }
         Self::from_cpuinfo(kernel, &cpuinfo)
     }
 

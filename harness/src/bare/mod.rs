@@ -1,8 +1,8 @@
 //! The bare probe guest: built into kvmcap, started on every vCPU directly in 64-bit long mode.
 //!
-//! The VMM writes page tables, a GDT and the probe's runtime (`probe.S`: entry, #GP handler)
+//! The VMM writes page tables, a GDT, an IDT and the probe's exception handlers (`probe.S`)
 //! into guest memory, compiles each vCPU's MSR operations into straight-line guest code
-//! ([`compile_ops`]), sets each vCPU's registers for long mode, and reads each vCPU's results
+//! ([`compile_ops`]), starts each vCPU on its code in long mode, and reads each vCPU's results
 //! area when the guest reports done on [`DONE_PORT`]. The results area is guest-written memory:
 //! it is parsed with bounds checks and nothing in it is trusted.
 //!
@@ -12,13 +12,13 @@
 //! compiled form is what a selftest writes by hand: `mov ecx, index; rdmsr` and the stores of
 //! the result, five instructions per read.
 
-use kvm_bindings::kvm_regs;
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::vmm::boot;
 use msr_probe::{Fault, MsrIndex, Reading};
 
-/// The probe's runtime, assembled from `probe.S` at build time.
+/// The probe's exception handlers, assembled from `probe.S` at build time.
 pub const PROBE_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe.bin"));
 
 /// The guest writes the number of completed operations here when it is done.
@@ -28,7 +28,14 @@ pub const FAULT_PORT: u16 = 0x511;
 
 const CODE_ADDR: u64 = 0x8000;
 const CODE_MAX: usize = 0x8000;
+/// The IDT all vCPUs share (read only to the guest): 32 gates.
 const IDT_BASE: u64 = 0x2_0000;
+const IDT_VECTORS: u64 = 32;
+/// Where `probe.S` puts its handlers (its `.org` directives).
+const GP_HANDLER: u64 = 0x000;
+const VECTOR_STUBS: u64 = 0x100;
+const VECTOR_STUB_SIZE: u64 = 16;
+const GP_VECTOR: u64 = 13;
 const STACK_BASE: u64 = 0x6_0000;
 const PAGE: u64 = 0x1000;
 /// Per-vCPU blocks start here: the vCPU's compiled operations, then its results area.
@@ -43,13 +50,14 @@ pub const MAX_OPS: usize = 1024;
 pub const MAX_VCPUS: u8 = 64;
 /// The longest compiled operation (a timed wrmsr), in bytes.
 #[cfg(test)]
-const MAX_OP_CODE: u64 = 72;
+const MAX_OP_CODE: u64 = 56;
 /// The compiled code's epilogue (done count, done port, halt loop), in bytes.
 const EPILOGUE_CODE: u64 = 24;
 const RESULT_HEADER: u64 = 8;
 const RESULT_SIZE: u64 = 16;
 const MAGIC: u32 = 0x524d_564b; // "KVMR"
-const STATUS_OK: u32 = 1;
+/// A record's status: the access completed (the VMM clears records to this).
+const STATUS_DONE: u32 = 0;
 const STATUS_GP: u32 = 2;
 
 /// One MSR operation of the probe.
@@ -118,8 +126,8 @@ pub enum ResultsError {
         /// Why.
         reason: String,
     },
-    /// the guest did not write the results header
-    #[error("vCPU {cpu}: results area has magic {found:#010x}, not {MAGIC:#010x}: the guest never started or overwrote it")]
+    /// the guest overwrote the results header
+    #[error("vCPU {cpu}: results area has magic {found:#010x}, not the {MAGIC:#010x} the VMM wrote: the guest overwrote it")]
     BadMagic {
         /// The vCPU.
         cpu: u8,
@@ -159,14 +167,45 @@ fn mem_err(e: vm_memory::GuestMemoryError) -> String {
     e.to_string()
 }
 
-/// Writes the long-mode tables (see [`crate::vmm::boot`]) and the probe code.
+/// A 64-bit interrupt gate to `handler` (present, DPL 0, the boot code segment).
+fn idt_gate(handler: u64) -> [u8; 16] {
+    let mut g = [0u8; 16];
+    g[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    g[2..4].copy_from_slice(&boot::CODE_SELECTOR.to_le_bytes());
+    g[4..6].copy_from_slice(&0x8e00u16.to_le_bytes());
+    g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    g[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+    g
+}
+
+/// Writes the long-mode tables (see [`crate::vmm::boot`]), the exception handlers and the IDT
+/// pointing at them.
 pub fn load_image(mem: &GuestMemoryMmap) -> Result<(), String> {
     if PROBE_IMAGE.len() > CODE_MAX {
         return Err("probe image too large".into());
     }
     boot::write_tables(mem).map_err(mem_err)?;
     mem.write_slice(PROBE_IMAGE, GuestAddress(CODE_ADDR))
+        .map_err(mem_err)?;
+    let mut idt = Vec::with_capacity((IDT_VECTORS * 16) as usize);
+    for v in 0..IDT_VECTORS {
+        let handler = if v == GP_VECTOR {
+            GP_HANDLER
+        } else {
+            VECTOR_STUBS + VECTOR_STUB_SIZE * v
+        };
+        idt.extend_from_slice(&idt_gate(CODE_ADDR + handler));
+    }
+    mem.write_slice(&idt, GuestAddress(IDT_BASE))
         .map_err(mem_err)
+}
+
+/// The long-mode segment state (see [`boot::long_mode_sregs`]) with the probe's IDT.
+pub fn sregs(s: kvm_sregs) -> kvm_sregs {
+    let mut s = boot::long_mode_sregs(s);
+    s.idt.base = IDT_BASE;
+    s.idt.limit = (IDT_VECTORS * 16 - 1) as u16;
+    s
 }
 
 /// x86-64 encodings the compiler emits (checked by disassembly in the tests).
@@ -175,33 +214,29 @@ mod enc {
     pub const RDTSC: [u8; 2] = [0x0f, 0x31];
     pub const RDMSR: [u8; 2] = [0x0f, 0x32];
     pub const WRMSR: [u8; 2] = [0x0f, 0x30];
-    /// `mov r11d, eax`
+    /// `mov %eax, %r11d`
     pub const MOV_R11D_EAX: [u8; 3] = [0x41, 0x89, 0xc3];
-    /// `mov r8d, eax`
-    pub const MOV_R8D_EAX: [u8; 3] = [0x41, 0x89, 0xc0];
-    /// `mov r9d, edx`
-    pub const MOV_R9D_EDX: [u8; 3] = [0x41, 0x89, 0xd1];
-    /// `sub eax, r11d`
+    /// `sub %r11d, %eax`
     pub const SUB_EAX_R11D: [u8; 3] = [0x44, 0x29, 0xd8];
-    /// `mov ecx, imm32` / `mov eax, imm32` / `mov edx, imm32`
+    /// `shl $32, %rdx; or %rdx, %rax`: edx:eax as one 64-bit value in rax.
+    pub const EDX_EAX_TO_RAX: [u8; 7] = [0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0];
+    /// `mov $imm32, %ecx` / `%eax` / `%edx`
     pub const MOV_ECX_IMM: u8 = 0xb9;
     pub const MOV_EAX_IMM: u8 = 0xb8;
     pub const MOV_EDX_IMM: u8 = 0xba;
-    /// `movl $imm32, disp32(%rbx)`: the status store `probe.S`'s #GP handler looks for.
-    pub const MOVL_IMM_RBX: [u8; 2] = [0xc7, 0x83];
-    /// `mov %eax, disp32(%rbx)` / `mov %edx, disp32(%rbx)`
+    /// `mov %rax, disp32(%rbx)`: the value store `probe.S`'s #GP handler looks for.
+    pub const MOV_RAX_RBX: [u8; 3] = [0x48, 0x89, 0x83];
+    /// `mov %eax, disp32(%rbx)`
     pub const MOV_EAX_RBX: [u8; 2] = [0x89, 0x83];
-    pub const MOV_EDX_RBX: [u8; 2] = [0x89, 0x93];
-    /// `mov %r8d, disp32(%rbx)` / `mov %r9d, disp32(%rbx)`
-    pub const MOV_R8D_RBX: [u8; 3] = [0x44, 0x89, 0x83];
-    pub const MOV_R9D_RBX: [u8; 3] = [0x44, 0x89, 0x8b];
+    /// `movl $imm32, disp32(%rbx)`
+    pub const MOVL_IMM_RBX: [u8; 2] = [0xc7, 0x83];
     /// `lidt 2(%rip)` (the 10 zero bytes after the following `ud2`), then `ud2`.
     pub const LIDT_NULL_UD2: [u8; 9] = [0x0f, 0x01, 0x1d, 0x02, 0x00, 0x00, 0x00, 0x0f, 0x0b];
     /// `jmp .`
     pub const SPIN: [u8; 2] = [0xeb, 0xfe];
-    /// `mov dx, imm16` (operand-size prefix)
+    /// `mov $imm16, %dx` (operand-size prefix)
     pub const MOV_DX_IMM: [u8; 2] = [0x66, 0xba];
-    /// `out dx, eax`, then `1: hlt; jmp 1b`
+    /// `out %eax, (%dx)`, then `1: hlt; jmp 1b`
     pub const OUT_HLT_LOOP: [u8; 4] = [0xef, 0xf4, 0xeb, 0xfd];
 }
 
@@ -227,13 +262,18 @@ impl Emitter {
     }
 }
 
-/// Compiles one vCPU's operations into straight-line long-mode code. `%rbx` is the results
-/// area; each rdmsr/wrmsr is followed by the store of its status (the contract with
-/// `probe.S`'s #GP handler, which resumes after that store with eax = edx = 0). `timed`
-/// brackets each access with `lfence; rdtsc` and stores the ticks (#GP delivery included).
-/// The code ends by writing the done count to the header and to [`DONE_PORT`].
+/// Compiles one vCPU's operations into straight-line long-mode code, what a selftest writes
+/// by hand. `%rbx` is the results area. Each rdmsr/wrmsr is followed by exactly
+/// `shl $32,%rdx; or %rdx,%rax; mov %rax,VALUE(%rbx)`, the store of its record's value: the
+/// contract with `probe.S`'s #GP handler, which reads VALUE from that store, writes status 2
+/// (#GP) in the record before it and resumes after the store. A completed access leaves its
+/// status 0; the header's done count says how many operations completed, written before a
+/// triple fault or spin and at the end. `timed` brackets each access with `lfence; rdtsc` and
+/// stores the ticks (the value store and, on #GP, its delivery included). The code ends by
+/// writing the done count to [`DONE_PORT`]. One store per access: on a host that emulates
+/// guest code a store costs several times a register instruction.
 pub fn compile_ops(ops: &[MsrOp], timed: bool) -> Vec<u8> {
-    let mut e = Emitter(Vec::with_capacity(ops.len() * 32 + EPILOGUE_CODE as usize));
+    let mut e = Emitter(Vec::with_capacity(ops.len() * 24 + EPILOGUE_CODE as usize));
     for (i, op) in ops.iter().enumerate() {
         let record = (RESULT_HEADER + RESULT_SIZE * i as u64) as u32;
         if timed && op.index().is_some() {
@@ -244,39 +284,34 @@ pub fn compile_ops(ops: &[MsrOp], timed: bool) -> Vec<u8> {
         let insn = match op {
             MsrOp::Read { index } => {
                 e.imm(enc::MOV_ECX_IMM, index.raw());
-                Some(enc::RDMSR)
+                enc::RDMSR
             }
             MsrOp::Write { index, value } => {
                 e.imm(enc::MOV_ECX_IMM, index.raw());
                 e.imm(enc::MOV_EAX_IMM, *value as u32);
                 e.imm(enc::MOV_EDX_IMM, (*value >> 32) as u32);
-                Some(enc::WRMSR)
+                enc::WRMSR
             }
             MsrOp::TripleFault => {
+                e.movl(4, i as u32);
                 e.bytes(&enc::LIDT_NULL_UD2);
                 e.bytes(&[0; 10]);
-                None
+                continue;
             }
             MsrOp::Spin => {
+                e.movl(4, i as u32);
                 e.bytes(&enc::SPIN);
-                None
+                continue;
             }
         };
-        let Some(insn) = insn else { continue };
         e.bytes(&insn);
-        e.movl(record, STATUS_OK);
+        e.bytes(&enc::EDX_EAX_TO_RAX);
+        e.store(&enc::MOV_RAX_RBX, record + 8);
         if timed {
-            e.bytes(&enc::MOV_R8D_EAX);
-            e.bytes(&enc::MOV_R9D_EDX);
             e.bytes(&enc::LFENCE);
             e.bytes(&enc::RDTSC);
             e.bytes(&enc::SUB_EAX_R11D);
             e.store(&enc::MOV_EAX_RBX, record + 4);
-            e.store(&enc::MOV_R8D_RBX, record + 8);
-            e.store(&enc::MOV_R9D_RBX, record + 12);
-        } else {
-            e.store(&enc::MOV_EAX_RBX, record + 8);
-            e.store(&enc::MOV_EDX_RBX, record + 12);
         }
     }
     let n = ops.len() as u32;
@@ -306,8 +341,10 @@ pub fn load_ops(mem: &GuestMemoryMmap, cpu: u8, ops: &[MsrOp], timed: bool) -> R
     }
     mem.write_slice(&code, GuestAddress(ops_addr(cpu)))
         .map_err(mem_err)?;
-    let clear = vec![0u8; (RESULT_HEADER + RESULT_SIZE * ops.len() as u64) as usize];
-    mem.write_slice(&clear, GuestAddress(results_addr(cpu)))
+    // The header's magic and done = 0; every record zero.
+    let mut area = vec![0u8; (RESULT_HEADER + RESULT_SIZE * ops.len() as u64) as usize];
+    area[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    mem.write_slice(&area, GuestAddress(results_addr(cpu)))
         .map_err(mem_err)
 }
 
@@ -319,15 +356,14 @@ fn results_addr(cpu: u8) -> u64 {
     CPU_BASE + u64::from(cpu) * CPU_STRIDE + RESULTS_OFFSET
 }
 
-/// The registers vCPU `cpu` starts with.
+/// The registers vCPU `cpu` starts with: on its compiled operations, `%rbx` = its results
+/// area, its own stack (for exception frames).
 pub fn regs(cpu: u8) -> kvm_regs {
     kvm_regs {
-        rip: CODE_ADDR,
+        rip: ops_addr(cpu),
         rsp: STACK_BASE + PAGE * (u64::from(cpu) + 1),
         rflags: 0x2,
-        rdi: ops_addr(cpu),
-        rsi: results_addr(cpu),
-        r8: IDT_BASE + PAGE * u64::from(cpu),
+        rbx: results_addr(cpu),
         ..Default::default()
     }
 }
@@ -343,9 +379,9 @@ pub fn read_results(
 }
 
 /// [`read_results`] with the TSC ticks each operation took (guest-measured: untrusted, for
-/// benchmarks only; 0 unless the operations were compiled timed). The completed operations
-/// are the records before the first one whose status is still 0 (not reached); the header's
-/// done count is the guest's claim and may not exceed the operations.
+/// benchmarks only; 0 unless the operations were compiled timed). The header's done count is
+/// the guest's claim of how many operations completed (it may not exceed them); a completed
+/// record's status is 0 (the access completed) or 2 (#GP).
 pub fn read_timed_results(
     mem: &GuestMemoryMmap,
     cpu: u8,
@@ -368,16 +404,15 @@ pub fn read_timed_results(
             ops: ops.len(),
         });
     }
-    let mut out = Vec::with_capacity(ops.len());
-    for (i, op) in ops.iter().enumerate() {
+    let mut out = Vec::with_capacity(done as usize);
+    for (i, op) in ops.iter().enumerate().take(done as usize) {
         let rec = base + RESULT_HEADER + RESULT_SIZE * i as u64;
         let status: u32 = mem.read_obj(GuestAddress(rec)).map_err(unreadable)?;
         let value: u64 = mem.read_obj(GuestAddress(rec + 8)).map_err(unreadable)?;
         let cycles: u32 = mem.read_obj(GuestAddress(rec + 4)).map_err(unreadable)?;
         out.push(match (status, op) {
-            (0, _) => break,
-            (STATUS_OK, MsrOp::Read { .. }) => (OpResult::Read(value), cycles),
-            (STATUS_OK, MsrOp::Write { .. }) => (OpResult::Written, cycles),
+            (STATUS_DONE, MsrOp::Read { .. }) => (OpResult::Read(value), cycles),
+            (STATUS_DONE, MsrOp::Write { .. }) => (OpResult::Written, cycles),
             (STATUS_GP, MsrOp::Read { .. } | MsrOp::Write { .. }) => (OpResult::Fault, cycles),
             (status, _) => {
                 return Err(ResultsError::BadStatus {
@@ -483,48 +518,94 @@ mod tests {
             [
                 "mov $0x4f,%ecx",
                 "rdmsr",
-                "movl $0x1,0x8(%rbx)",
-                "mov %eax,0x10(%rbx)",
-                "mov %edx,0x14(%rbx)",
+                "shl $0x20,%rdx",
+                "or %rdx,%rax",
+                "mov %rax,0x10(%rbx)",
                 "mov $0x4e,%ecx",
                 "mov $0x2,%eax",
                 "mov $0x1,%edx",
                 "wrmsr",
-                "movl $0x1,0x18(%rbx)",
-                "mov %eax,0x20(%rbx)",
-                "mov %edx,0x24(%rbx)",
+                "shl $0x20,%rdx",
+                "or %rdx,%rax",
+                "mov %rax,0x20(%rbx)",
                 "movl $0x2,0x4(%rbx)",
                 "mov $0x2,%eax",
                 "mov $0x510,%dx",
                 "out %eax,(%dx)",
                 "hlt",
-                "jmp 0x58", // the hlt at 0x58
+                "jmp 0x48", // the hlt
             ]
         );
         let timed = disassemble(&compile_ops(&ops[..1], true)).unwrap_or_default();
         assert_eq!(
-            timed[..15],
+            timed[..12],
             [
                 "lfence",
                 "rdtsc",
                 "mov %eax,%r11d",
                 "mov $0x4f,%ecx",
                 "rdmsr",
-                "movl $0x1,0x8(%rbx)",
-                "mov %eax,%r8d",
-                "mov %edx,%r9d",
+                "shl $0x20,%rdx",
+                "or %rdx,%rax",
+                "mov %rax,0x10(%rbx)",
                 "lfence",
                 "rdtsc",
                 "sub %r11d,%eax",
                 "mov %eax,0xc(%rbx)",
-                "mov %r8d,0x10(%rbx)",
-                "mov %r9d,0x14(%rbx)",
-                "movl $0x1,0x4(%rbx)",
             ]
         );
         let fault = disassemble(&compile_ops(&[MsrOp::TripleFault, MsrOp::Spin], false))
             .unwrap_or_default();
-        assert_eq!(fault[..2], ["lidt 0x2(%rip) # 0x9", "ud2"]);
+        assert_eq!(
+            fault[..3],
+            ["movl $0x0,0x4(%rbx)", "lidt 0x2(%rip) # 0x13", "ud2"]
+        );
+    }
+
+    /// The IDT sends #GP to the handler and every other vector to its stub, at the offsets
+    /// `probe.S` fixes with `.org`.
+    #[test]
+    fn idt_points_at_the_handlers() {
+        let m = mem();
+        load_image(&m).unwrap();
+        let gate = |v: u64| -> u64 {
+            let lo: u16 = m.read_obj(GuestAddress(IDT_BASE + 16 * v)).unwrap();
+            let mid: u16 = m.read_obj(GuestAddress(IDT_BASE + 16 * v + 6)).unwrap();
+            let hi: u32 = m.read_obj(GuestAddress(IDT_BASE + 16 * v + 8)).unwrap();
+            u64::from(lo) | u64::from(mid) << 16 | u64::from(hi) << 32
+        };
+        assert_eq!(gate(13), CODE_ADDR + GP_HANDLER);
+        assert_eq!(gate(14), CODE_ADDR + VECTOR_STUBS + 14 * VECTOR_STUB_SIZE);
+        // Each stub starts with `mov $vector, %eax` (b8 imm32).
+        for v in [0u64, 6, 14, 31] {
+            let at = (VECTOR_STUBS + v * VECTOR_STUB_SIZE) as usize;
+            assert_eq!(PROBE_IMAGE[at], 0xb8, "vector {v}");
+            assert_eq!(PROBE_IMAGE[at + 1..at + 5], (v as u32).to_le_bytes());
+        }
+        // The handler reads the value store's displacement where the compiler puts it.
+        let handler = disassemble(&PROBE_IMAGE[..0x20]).unwrap_or_default();
+        if !handler.is_empty() {
+            assert_eq!(
+                handler[..5],
+                [
+                    "add $0x8,%rsp",
+                    "mov (%rsp),%rax",
+                    "movslq 0xc(%rax),%rax",
+                    "movl $0x2,-0x8(%rbx,%rax,1)",
+                    "addq $0x10,(%rsp)",
+                ]
+            );
+        }
+        let code = compile_ops(
+            &[MsrOp::Read {
+                index: MsrIndex::new(0x10),
+            }],
+            false,
+        );
+        assert_eq!(code[5..7], enc::RDMSR);
+        assert_eq!(code[7 + 7..7 + 7 + 3], enc::MOV_RAX_RBX);
+        assert_eq!(code[5 + 12..5 + 16], 16u32.to_le_bytes()); // record 0's value
+        assert_eq!(code.len() - 5, 16 + EPILOGUE_CODE as usize - 1); // resumes at +16
     }
 
     #[test]
@@ -535,6 +616,9 @@ mod tests {
         }];
         load_image(&m).unwrap();
         load_ops(&m, 0, &ops, false).unwrap();
+        // As loaded: the VMM's header, nothing reached.
+        assert_eq!(read_results(&m, 0, &ops).unwrap(), vec![]);
+        poke_results(&m, 0, 0, b"evil").unwrap();
         assert!(matches!(
             read_results(&m, 0, &ops),
             Err(ResultsError::BadMagic { .. })
@@ -551,7 +635,9 @@ mod tests {
             read_results(&m, 0, &ops),
             Err(ResultsError::BadStatus { status: 9, .. })
         ));
-        poke_results(&m, 0, 8, &1u32.to_le_bytes()).unwrap();
+        poke_results(&m, 0, 8, &STATUS_GP.to_le_bytes()).unwrap();
+        assert_eq!(read_results(&m, 0, &ops).unwrap(), vec![OpResult::Fault]);
+        poke_results(&m, 0, 8, &STATUS_DONE.to_le_bytes()).unwrap();
         poke_results(&m, 0, 16, &42u64.to_le_bytes()).unwrap();
         assert_eq!(read_results(&m, 0, &ops).unwrap(), vec![OpResult::Read(42)]);
         // A vCPU beyond guest memory is unreadable, not a panic.

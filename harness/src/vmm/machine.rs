@@ -415,8 +415,38 @@ pub struct VmContext {
 /// filter and model (backend user). Callers then register guest memory and call
 /// [`create_irqchip`], in that order (see there).
 pub fn prepare(kvm_path: &std::path::Path, run: FeatureRun<'_>) -> Result<Prepared, VmmError> {
-    let kvm = KvmSystem::open(kvm_path)?;
-    let supported = kvm.supported_cpuid()?;
+    prepare_on(OpenVm::open(kvm_path)?, run)
+}
+
+/// The part of [`prepare`] that needs nothing from the request: `/dev/kvm` open, KVM's
+/// supported CPUID, a new VM. A caller that has inputs to read first can open it on another
+/// thread meanwhile (`kvmcap probe` does: on the CI host the two take about as long).
+pub struct OpenVm {
+    kvm: KvmSystem,
+    supported: kvm_bindings::CpuId,
+    vm: VmSetup,
+}
+
+impl OpenVm {
+    /// Opens `kvm_path`, asks for the supported CPUID, creates a VM.
+    pub fn open(kvm_path: &std::path::Path) -> Result<Self, VmmError> {
+        let kvm = KvmSystem::open(kvm_path)?;
+        let supported = kvm.supported_cpuid()?;
+        let vm = kvm.create_vm()?;
+        Ok(Self { kvm, supported, vm })
+    }
+
+    /// [`OpenVm::open`] on a new thread; join the handle for the result.
+    pub fn open_in_background(
+        kvm_path: std::path::PathBuf,
+    ) -> std::thread::JoinHandle<Result<Self, VmmError>> {
+        std::thread::spawn(move || Self::open(&kvm_path))
+    }
+}
+
+/// [`prepare`] on a VM already opened.
+pub fn prepare_on(open: OpenVm, run: FeatureRun<'_>) -> Result<Prepared, VmmError> {
+    let OpenVm { kvm, supported, vm } = open;
     let vendor = cpuid::vendor(&supported);
     let args = run
         .cap_args
@@ -433,7 +463,6 @@ pub fn prepare(kvm_path: &std::path::Path, run: FeatureRun<'_>) -> Result<Prepar
         )?),
         None => None,
     };
-    let vm: VmSetup = kvm.create_vm()?;
     let requests = cap_requests(run.feature, run.backend, run.cap_args);
     let negotiation = negotiate(&kvm, &vm, &requests)
         .map_err(|(steps, error)| VmmError::Negotiation { steps, error })?;
@@ -589,10 +618,15 @@ pub fn check_vcpus(count: usize, limits: &Limits, layout_max: u8) -> Result<u8, 
 
 /// Runs the bare probe guest as `req` says.
 pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
+    run_bare_on(OpenVm::open(&req.kvm_path)?, req)
+}
+
+/// [`run_bare`] on a VM already opened (`req.kvm_path` is then only its name).
+pub fn run_bare_on(open: OpenVm, req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
     let start = Instant::now();
     let count = check_vcpus(req.ops.len(), &req.limits, bare::MAX_VCPUS)?;
-    let prep = prepare(
-        &req.kvm_path,
+    let prep = prepare_on(
+        open,
         FeatureRun {
             feature: req.feature,
             backend: req.backend,
@@ -602,6 +636,7 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
         },
     )?;
     let Prepared { vm, ctx } = prep;
+
     if usize::from(count) > ctx.kvm.max_vcpus() {
         return Err(VmmError::Request(format!(
             "{count} vCPUs: KVM allows {}",
@@ -611,6 +646,7 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bare::memory_size(count))])
         .map_err(|e| KvmError::Memory(e.to_string()))?;
     vm.register_memory(&mem)?;
+
     if req.irqchip {
         create_irqchip(&vm)?;
     }
@@ -619,13 +655,14 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
         bare::load_ops(&mem, cpu as u8, ops, req.timed).map_err(VmmError::Request)?;
     }
     let (vm_ready, vcpus) = vm.create_vcpus(count)?;
+
     let mut runnable = Vec::with_capacity(usize::from(count));
     let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());
     for (cpu, vcpu) in vcpus.into_iter().enumerate() {
         let cpu = cpu as u8;
         ctx.setup_vcpu(&vcpu, cpu, count)?;
         let sregs = vcpu.get_sregs().map_err(vcpu_err(cpu, "KVM_GET_SREGS"))?;
-        vcpu.set_sregs(&crate::vmm::boot::long_mode_sregs(sregs))
+        vcpu.set_sregs(&bare::sregs(sregs))
             .map_err(vcpu_err(cpu, "KVM_SET_SREGS"))?;
         vcpu.set_regs(&bare::regs(cpu))
             .map_err(vcpu_err(cpu, "KVM_SET_REGS"))?;
@@ -644,8 +681,11 @@ pub fn run_bare(req: &BareRequest<'_>) -> Result<BareOutcome, VmmError> {
             },
         ));
     }
+
     let (summary, handlers) = run_vcpus(runnable, req.limits.deadline);
+
     drop(vm_ready);
+
     let timed: Vec<_> = req
         .ops
         .iter()
