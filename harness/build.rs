@@ -1,6 +1,7 @@
-//! Assembles the bare probe guest's exception handlers (src/bare/probe.S) with the C toolchain the `cc` crate finds
-//! (GNU as through gcc), then extracts its position-independent .text as a flat image that
-//! kvmcap embeds. No prebuilt blobs: the image is rebuilt from source on every change.
+//! Assembles the bare probe guest's exception handlers (src/bare/probe.S) and its multiboot
+//! entry for other VMMs (src/bare/multiboot.S) with the C toolchain the `cc` crate finds (GNU
+//! as through gcc), then extracts each one's position-independent .text as a flat image that
+//! kvmcap embeds. No prebuilt blobs: the images are rebuilt from source on every change.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,24 +13,29 @@ fn run(cmd: &mut Command, what: &str) {
     assert!(status.success(), "{what}: {cmd:?} failed with {status}");
 }
 
-fn main() {
-    let src = PathBuf::from("src/bare/probe.S");
+fn assemble(name: &str, what: &str) {
+    let src = PathBuf::from(format!("src/bare/{name}.S"));
     println!("cargo:rerun-if-changed={}", src.display());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
-    let obj = out.join("probe.o");
-    let bin = out.join("probe.bin");
+    let obj = out.join(format!("{name}.o"));
+    let bin = out.join(format!("{name}.bin"));
     let compiler = cc::Build::new().get_compiler();
     let mut cmd = compiler.to_command();
     cmd.args(["-c", "-nostdlib", "-ffreestanding", "-o"])
         .arg(&obj)
         .arg(&src);
-    run(&mut cmd, "assembling the bare probe guest");
+    run(&mut cmd, &format!("assembling {what}"));
     let objcopy = std::env::var("OBJCOPY").unwrap_or_else(|_| "objcopy".into());
     run(
         Command::new(objcopy)
             .args(["-O", "binary", "-j", ".text"])
             .arg(&obj)
             .arg(&bin),
-        "extracting the bare probe guest's .text",
+        &format!("extracting the .text of {what}"),
     );
+}
+
+fn main() {
+    assemble("probe", "the bare probe guest's handlers");
+    assemble("multiboot", "the bare probe's multiboot entry");
 }

@@ -44,6 +44,11 @@ USAGE:
         read MSRs in the bare long-mode guest on every vCPU and judge each reading
         (default MSRs: the feature's); --timed measures each access in the guest
         (lfence; rdtsc) and reports its TSC ticks
+    kvmcap image --out FILE [--feature F] [--msr M ...] [--catalog] [--vcpus N] [--timed]
+        write the same bare probe as a multiboot image for another VMM and print the
+        QEMU command that runs it (all vCPUs' reads run on the boot CPU, in turn)
+    kvmcap image --dump FILE [--feature F] [--msr M ...] [--catalog] [--vcpus N] [--json]
+        read what that image's guest wrote to QEMU's debug console
     kvmcap run SCENARIO [--backend B] [--vcpus N] [--json] [--report PATH]
         run a scenario (a name in fixtures/scenarios/ or a .toml path); without
         --backend, every backend the scenario supports
@@ -122,6 +127,10 @@ pub struct Options {
     pub console_limit: u64,
     /// `--cmdline`.
     pub cmdline: String,
+    /// `--out` (image).
+    pub out: Option<PathBuf>,
+    /// `--dump` (image).
+    pub dump: Option<PathBuf>,
 }
 
 /// A usage error.
@@ -139,10 +148,10 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
     }
     if !matches!(
         command.as_str(),
-        "caps" | "probe" | "run" | "verify" | "lab-init"
+        "caps" | "probe" | "image" | "run" | "verify" | "lab-init"
     ) {
         return Err(Usage(format!(
-            "unknown command `{command}` (expected caps, probe, run, verify or lab-init)"
+            "unknown command `{command}` (expected caps, probe, image, run, verify or lab-init)"
         )));
     }
     let mut o = Options {
@@ -169,6 +178,8 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
         console: false,
         console_limit: 1 << 20,
         cmdline: String::new(),
+        out: None,
+        dump: None,
     };
     let mut vcpus_given = false;
     while let Some(a) = it.next() {
@@ -185,6 +196,8 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
             "--kernel" => o.kernel = Some(value("--kernel")?.into()),
             "--initramfs" => o.initramfs = Some(value("--initramfs")?.into()),
             "--console" => o.console = true,
+            "--out" => o.out = Some(value("--out")?.into()),
+            "--dump" => o.dump = Some(value("--dump")?.into()),
             "--cmdline" => o.cmdline = value("--cmdline")?,
             "--mem-mib" => {
                 let v = value("--mem-mib")?;
@@ -265,6 +278,12 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
             if o.backend.is_none() {
                 return Err(Usage("probe needs --backend none|user|kernel".into()));
             }
+        }
+        "image" if o.out.is_some() == o.dump.is_some() => {
+            return Err(Usage(
+                "image needs either --out FILE (write the image) or --dump FILE (read its output)"
+                    .into(),
+            ));
         }
         "run" if o.positional.len() != 1 => {
             return Err(Usage("run needs exactly one SCENARIO".into()));

@@ -150,13 +150,12 @@ fn host_sources(o: &Options, catalog: &Catalog) -> Result<HostSources, Failure> 
     })
 }
 
-fn cmd_probe(o: &Options) -> Result<bool, Failure> {
-    // Open KVM and create the VM while the catalog and feature are read.
-    let open = kvmcap::vmm::machine::OpenVm::open_in_background(o.kvm.clone());
-
-    let catalog = catalog()?;
-    let spec = feature(o, &catalog)?;
-
+/// The MSRs a bare probe reads: `--msr`s and `--catalog`, else the feature's; `--repeat` times.
+fn probe_msrs(
+    o: &Options,
+    catalog: &Catalog,
+    spec: &FeatureSpec,
+) -> Result<Vec<MsrIndex>, Failure> {
     let mut msrs: Vec<MsrIndex> = Vec::new();
     for m in &o.msrs {
         msrs.push(catalog.resolve(m).map_err(|e| fail(exit::USAGE, e))?);
@@ -181,6 +180,78 @@ fn cmd_probe(o: &Options) -> Result<bool, Failure> {
             ),
         ));
     }
+    Ok(msrs)
+}
+
+#[derive(Serialize)]
+struct DumpRow {
+    cpu: u32,
+    index: MsrIndex,
+    name: String,
+    guest: msr_probe::Reading,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cycles: Option<u32>,
+}
+
+/// `kvmcap image`: the bare probe for another VMM, and what that VMM's guest reported.
+fn cmd_image(o: &Options) -> Result<bool, Failure> {
+    use kvmcap::bare::{image, MsrOp};
+    let catalog = catalog()?;
+    let spec = feature(o, &catalog)?;
+    let ops: Vec<MsrOp> = probe_msrs(o, &catalog, &spec)?
+        .into_iter()
+        .map(|index| MsrOp::Read { index })
+        .collect();
+    let per_cpu = vec![ops.clone(); usize::from(o.vcpus)];
+    if let Some(out) = &o.out {
+        write_atomic(out, &image::multiboot_image(&per_cpu, o.timed))
+            .map_err(|e| fail(exit::OUTPUT, format!("image {}: {e}", out.display())))?;
+        println!(
+            "qemu-system-x86_64 -accel kvm -M microvm -cpu host,-arch-capabilities -smp {} -m 64 -nodefaults \\\n    \
+             -display none -no-reboot -kernel {} -debugcon file:DUMP \\\n    \
+             -device isa-debug-exit,iobase={:#x},iosize=4   # exits with status 1 when done",
+            o.vcpus,
+            out.display(),
+            kvmcap::bare::DEBUG_EXIT_PORT
+        );
+        return Ok(true);
+    }
+    let Some(dump) = &o.dump else {
+        return Err(fail(exit::USAGE, "image needs --out or --dump"));
+    };
+    let bytes = std::fs::read(dump)
+        .map_err(|e| fail(exit::INPUT, format!("dump {}: {e}", dump.display())))?;
+    let results = image::parse_dump(&per_cpu, &bytes)
+        .map_err(|e| fail(exit::NO_REPORT, format!("dump {}: {e}", dump.display())))?;
+    let mut rows = Vec::new();
+    for (cpu, list) in results.iter().enumerate() {
+        for (op, (r, cycles)) in ops.iter().zip(list) {
+            let Some(index) = op.index() else { continue };
+            rows.push(DumpRow {
+                cpu: cpu as u32,
+                index,
+                name: catalog.name_of(index).to_owned(),
+                guest: r.reading(op),
+                cycles: o.timed.then_some(*cycles),
+            });
+        }
+    }
+    emit(o, &rows, || {
+        rows.iter()
+            .map(|r| format!("cpu{} {:<12} {:<32} {}\n", r.cpu, r.index, r.name, r.guest))
+            .collect()
+    })?;
+    Ok(true)
+}
+
+fn cmd_probe(o: &Options) -> Result<bool, Failure> {
+    // Open KVM and create the VM while the catalog and feature are read.
+    let open = kvmcap::vmm::machine::OpenVm::open_in_background(o.kvm.clone());
+
+    let catalog = catalog()?;
+    let spec = feature(o, &catalog)?;
+
+    let msrs = probe_msrs(o, &catalog, &spec)?;
     let host = host_sources(o, &catalog)?;
 
     let open = open
@@ -396,6 +467,7 @@ fn main() -> ExitCode {
     let result = match options.command.as_str() {
         "caps" => cmd_caps(&options).map(|()| true),
         "probe" => cmd_probe(&options),
+        "image" => cmd_image(&options),
         "verify" => cmd_verify(&options),
         "lab-init" => cmd_lab_init(),
         _ => cmd_run(&options),

@@ -39,6 +39,9 @@ fn usage_errors_are_exit_2() {
         &["probe", "--backend", "x"],
         &["run"],
         &["probe", "--backend", "user", "--msr", "NOPE"],
+        &["image"],
+        &["image", "--out", "a", "--dump", "b"],
+        &["image", "--out", "a", "--msr", "NOPE"],
     ] {
         let o = kvmcap(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
@@ -47,6 +50,19 @@ fn usage_errors_are_exit_2() {
     let o = kvmcap(&["--help"]);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("EXIT CODES"));
+}
+
+/// A dump that is not the image's results area is exit 9 (no usable report), in one line.
+#[test]
+fn image_dump_of_another_shape_is_exit_9() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("dump.bin");
+    std::fs::write(&p, b"not a results area").unwrap();
+    let o = kvmcap(&["image", "--dump", p.to_str().unwrap(), "--catalog"]);
+    assert_eq!(o.status.code(), Some(9));
+    assert!(one_line_error(&o).contains("dump"));
+    let o = kvmcap(&["image", "--dump", "/nonexistent/dump", "--catalog"]);
+    assert_eq!(o.status.code(), Some(6));
 }
 
 #[test]

@@ -12,6 +12,8 @@
 //! compiled form is what a selftest writes by hand: `mov ecx, index; rdmsr` and the stores of
 //! the result, five instructions per read.
 
+pub mod image;
+
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -25,6 +27,10 @@ pub const PROBE_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe.b
 pub const DONE_PORT: u16 = 0x510;
 /// The guest writes an unexpected exception's vector here, then halts.
 pub const FAULT_PORT: u16 = 0x511;
+/// QEMU's debug console (`-debugcon`), where a multiboot probe dumps its results.
+pub const DEBUGCON_PORT: u16 = 0xe9;
+/// QEMU's isa-debug-exit device, which a multiboot probe writes to end the VM.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 
 const CODE_ADDR: u64 = 0x8000;
 const CODE_MAX: usize = 0x8000;
@@ -187,6 +193,12 @@ pub fn load_image(mem: &GuestMemoryMmap) -> Result<(), String> {
     boot::write_tables(mem).map_err(mem_err)?;
     mem.write_slice(PROBE_IMAGE, GuestAddress(CODE_ADDR))
         .map_err(mem_err)?;
+    mem.write_slice(&idt(CODE_ADDR), GuestAddress(IDT_BASE))
+        .map_err(mem_err)
+}
+
+/// The IDT's 32 gates for [`PROBE_IMAGE`] loaded at `handlers`.
+fn idt(handlers: u64) -> Vec<u8> {
     let mut idt = Vec::with_capacity((IDT_VECTORS * 16) as usize);
     for v in 0..IDT_VECTORS {
         let handler = if v == GP_VECTOR {
@@ -194,10 +206,9 @@ pub fn load_image(mem: &GuestMemoryMmap) -> Result<(), String> {
         } else {
             VECTOR_STUBS + VECTOR_STUB_SIZE * v
         };
-        idt.extend_from_slice(&idt_gate(CODE_ADDR + handler));
+        idt.extend_from_slice(&idt_gate(handlers + handler));
     }
-    mem.write_slice(&idt, GuestAddress(IDT_BASE))
-        .map_err(mem_err)
+    idt
 }
 
 /// The long-mode segment state (see [`boot::long_mode_sregs`]) with the probe's IDT.
@@ -236,6 +247,12 @@ mod enc {
     pub const SPIN: [u8; 2] = [0xeb, 0xfe];
     /// `mov $imm16, %dx` (operand-size prefix)
     pub const MOV_DX_IMM: [u8; 2] = [0x66, 0xba];
+    /// `mov %rbx, %rsi`
+    pub const MOV_RSI_RBX: [u8; 3] = [0x48, 0x89, 0xde];
+    /// `rep outsb (%rsi), (%dx)`
+    pub const REP_OUTSB: [u8; 2] = [0xf3, 0x6e];
+    /// `xor %eax, %eax`
+    pub const XOR_EAX_EAX: [u8; 2] = [0x31, 0xc0];
     /// `out %eax, (%dx)`, then `1: hlt; jmp 1b`
     pub const OUT_HLT_LOOP: [u8; 4] = [0xef, 0xf4, 0xeb, 0xfd];
 }
@@ -273,6 +290,24 @@ impl Emitter {
 /// writing the done count to [`DONE_PORT`]. One store per access: on a host that emulates
 /// guest code a store costs several times a register instruction.
 pub fn compile_ops(ops: &[MsrOp], timed: bool) -> Vec<u8> {
+    compile_ops_with(ops, timed, Epilogue::DonePort)
+}
+
+/// How compiled operations end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// Write the done count to [`DONE_PORT`] and halt: kvmcap's VMM reads guest memory.
+    DonePort,
+    /// Write the results area (`len` bytes) to the debug console port 0xe9, then 0 to the
+    /// isa-debug-exit port 0xf4: another VMM (QEMU) prints it and exits.
+    DumpAndExit {
+        /// The results area's size.
+        len: u32,
+    },
+}
+
+/// [`compile_ops`] with a chosen ending.
+pub fn compile_ops_with(ops: &[MsrOp], timed: bool, epilogue: Epilogue) -> Vec<u8> {
     let mut e = Emitter(Vec::with_capacity(ops.len() * 24 + EPILOGUE_CODE as usize));
     for (i, op) in ops.iter().enumerate() {
         let record = (RESULT_HEADER + RESULT_SIZE * i as u64) as u32;
@@ -316,9 +351,23 @@ pub fn compile_ops(ops: &[MsrOp], timed: bool) -> Vec<u8> {
     }
     let n = ops.len() as u32;
     e.movl(4, n);
-    e.imm(enc::MOV_EAX_IMM, n);
-    e.bytes(&enc::MOV_DX_IMM);
-    e.bytes(&DONE_PORT.to_le_bytes());
+    match epilogue {
+        Epilogue::DonePort => {
+            e.imm(enc::MOV_EAX_IMM, n);
+            e.bytes(&enc::MOV_DX_IMM);
+            e.bytes(&DONE_PORT.to_le_bytes());
+        }
+        Epilogue::DumpAndExit { len } => {
+            e.bytes(&enc::MOV_RSI_RBX);
+            e.imm(enc::MOV_ECX_IMM, len);
+            e.bytes(&enc::MOV_DX_IMM);
+            e.bytes(&DEBUGCON_PORT.to_le_bytes());
+            e.bytes(&enc::REP_OUTSB);
+            e.bytes(&enc::MOV_DX_IMM);
+            e.bytes(&DEBUG_EXIT_PORT.to_le_bytes());
+            e.bytes(&enc::XOR_EAX_EAX);
+        }
+    }
     e.bytes(&enc::OUT_HLT_LOOP);
     e.0
 }
@@ -342,7 +391,7 @@ pub fn load_ops(mem: &GuestMemoryMmap, cpu: u8, ops: &[MsrOp], timed: bool) -> R
     mem.write_slice(&code, GuestAddress(ops_addr(cpu)))
         .map_err(mem_err)?;
     // The header's magic and done = 0; every record zero.
-    let mut area = vec![0u8; (RESULT_HEADER + RESULT_SIZE * ops.len() as u64) as usize];
+    let mut area = vec![0u8; results_len(ops.len())];
     area[..4].copy_from_slice(&MAGIC.to_le_bytes());
     mem.write_slice(&area, GuestAddress(results_addr(cpu)))
         .map_err(mem_err)
@@ -391,12 +440,46 @@ pub fn read_timed_results(
         cpu,
         reason: e.to_string(),
     };
-    let base = results_addr(cpu);
-    let magic: u32 = mem.read_obj(GuestAddress(base)).map_err(unreadable)?;
+    let mut area = vec![0u8; results_len(ops.len())];
+    mem.read_slice(&mut area, GuestAddress(results_addr(cpu)))
+        .map_err(unreadable)?;
+    parse_results(cpu, &area, ops)
+}
+
+/// The size of a results area for `ops` operations.
+pub fn results_len(ops: usize) -> usize {
+    (RESULT_HEADER + RESULT_SIZE * ops as u64) as usize
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+/// Validates a results area (`area`, as the guest left it, [`results_len`] bytes) for `ops`:
+/// see [`read_timed_results`].
+pub fn parse_results(
+    cpu: u8,
+    area: &[u8],
+    ops: &[MsrOp],
+) -> Result<Vec<(OpResult, u32)>, ResultsError> {
+    if area.len() < results_len(ops.len()) {
+        return Err(ResultsError::Unreadable {
+            cpu,
+            reason: format!(
+                "{} bytes, {} expected for {} operations",
+                area.len(),
+                results_len(ops.len()),
+                ops.len()
+            ),
+        });
+    }
+    let magic = le32(area, 0);
     if magic != MAGIC {
         return Err(ResultsError::BadMagic { cpu, found: magic });
     }
-    let done: u32 = mem.read_obj(GuestAddress(base + 4)).map_err(unreadable)?;
+    let done = le32(area, 4);
     if done as usize > ops.len() {
         return Err(ResultsError::TooMany {
             cpu,
@@ -406,10 +489,10 @@ pub fn read_timed_results(
     }
     let mut out = Vec::with_capacity(done as usize);
     for (i, op) in ops.iter().enumerate().take(done as usize) {
-        let rec = base + RESULT_HEADER + RESULT_SIZE * i as u64;
-        let status: u32 = mem.read_obj(GuestAddress(rec)).map_err(unreadable)?;
-        let value: u64 = mem.read_obj(GuestAddress(rec + 8)).map_err(unreadable)?;
-        let cycles: u32 = mem.read_obj(GuestAddress(rec + 4)).map_err(unreadable)?;
+        let rec = (RESULT_HEADER + RESULT_SIZE * i as u64) as usize;
+        let status = le32(area, rec);
+        let cycles = le32(area, rec + 4);
+        let value = u64::from(le32(area, rec + 8)) | u64::from(le32(area, rec + 12)) << 32;
         out.push(match (status, op) {
             (STATUS_DONE, MsrOp::Read { .. }) => (OpResult::Read(value), cycles),
             (STATUS_DONE, MsrOp::Write { .. }) => (OpResult::Written, cycles),

@@ -19,7 +19,7 @@ pub const CODE_SELECTOR: u16 = 0x10;
 pub const DATA_SELECTOR: u16 = 0x18;
 
 /// GDT: null, null, 64-bit code (0x10), flat data (0x18).
-const GDT: [u64; 4] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+pub const GDT: [u64; 4] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
 
 /// Writes the GDT and page tables identity-mapping the first 1 GiB with 2 MiB pages.
 pub fn write_tables(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryError> {

@@ -31,3 +31,14 @@ pub fn kvm() -> Option<PathBuf> {
         .is_ok();
     require(ok, "/dev/kvm (read-write)").then_some(p)
 }
+
+/// `qemu-system-x86_64` on PATH (Debian's qemu-system-x86).
+pub fn qemu() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("qemu-system-x86_64"))
+            .find(|p| p.is_file())
+    });
+    let ok = found.is_some();
+    require(ok, "qemu-system-x86_64 (apt-get install qemu-system-x86)").then_some(found?)
+}
