@@ -45,29 +45,41 @@ fn to_json(s: &Stats) -> Value {
     json!({"runs": s.runs, "median_ms": s.median, "p10_ms": s.p10, "p90_ms": s.p90})
 }
 
-fn time_command(cmd: &mut Command, runs: usize) -> Result<Stats, XtaskError> {
-    let mut samples = Vec::with_capacity(runs);
+/// Times `a` and `b` alternately, `runs` each, so that a change in the shared machine's load
+/// moves both (their ratio is what the benchmark reports).
+fn time_interleaved(
+    a: &mut Command,
+    b: &mut Command,
+    runs: usize,
+) -> Result<(Stats, Stats), XtaskError> {
+    let (mut sa, mut sb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for _ in 0..runs {
-        let start = Instant::now();
-        let status = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|source| XtaskError::Spawn {
-                tool: format!("{cmd:?}"),
-                source,
-            })?;
-        let ms = start.elapsed().as_secs_f64() * 1000.0;
-        if !status.success() {
-            return Err(XtaskError::Build {
-                command: format!("{cmd:?}"),
-                status: status.to_string(),
-                tail: String::new(),
-            });
-        }
-        samples.push(ms);
+        sa.push(time_once(a)?);
+        sb.push(time_once(b)?);
     }
-    Ok(stats(&mut samples))
+    Ok((stats(&mut sa), stats(&mut sb)))
+}
+
+/// One run of `cmd`, in milliseconds; a failure is an error.
+fn time_once(cmd: &mut Command) -> Result<f64, XtaskError> {
+    let start = Instant::now();
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|source| XtaskError::Spawn {
+            tool: format!("{cmd:?}"),
+            source,
+        })?;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if !status.success() {
+        return Err(XtaskError::Build {
+            command: format!("{cmd:?}"),
+            status: status.to_string(),
+            tail: String::new(),
+        });
+    }
+    Ok(ms)
 }
 
 /// Builds the C floor (raw ioctls, what KVM selftests do).
@@ -158,7 +170,7 @@ pub fn bare_probe(
     catalog: &[String],
 ) -> Result<Bench, XtaskError> {
     let catalog_len = catalog.len();
-    let k = time_command(
+    let (k, f) = time_interleaved(
         Command::new(kvmcap).args([
             "probe",
             "--guest",
@@ -170,9 +182,9 @@ pub fn bare_probe(
             "2",
             "--json",
         ]),
+        Command::new(floor).arg("2").args(catalog),
         runs,
     )?;
-    let f = time_command(Command::new(floor).arg("2").args(catalog), runs)?;
     Ok(Bench {
         name: format!("bare probe, process start to report, catalog ({catalog_len} MSRs) x 2 vCPUs"),
         kvmcap: Some(k),

@@ -41,17 +41,22 @@ pub fn prepare(tree: Option<&Path>) -> Result<Artifacts, XtaskError> {
         // As root this installs QEMU; otherwise it names the apt-get command.
         kernel::ensure_packages(&["qemu-system-x86"])?;
     }
+    let t = std::time::Instant::now();
     let tree = match tree {
         Some(t) => kernel::fetch(Some(t))?,
         None => patches::apply(&kernel::fetch(None)?, &patches::series_dir())?,
     };
+    let t_tree = t.elapsed();
     let built = kernel::build(&tree, "")?;
     eprintln!(
-        "xtask: kernel {} ({}{})",
+        "xtask: kernel {} ({}{}; source and series {:.1} s, build {:.1} s)",
         built.bzimage.display(),
         tree.version,
-        if built.cached { ", up to date" } else { "" }
+        if built.cached { ", up to date" } else { "" },
+        t_tree.as_secs_f64(),
+        (t.elapsed() - t_tree).as_secs_f64()
     );
+    let t = std::time::Instant::now();
     let mut selftests = Vec::new();
     let source = tree.dir.join(format!(
         "tools/testing/selftests/kvm/x86_64/{}.c",
@@ -60,7 +65,13 @@ pub fn prepare(tree: Option<&Path>) -> Result<Artifacts, XtaskError> {
     if source.exists() {
         selftests.push(selftest::build(&tree, &built.build_dir, pbv::SELFTEST)?);
     }
+    let t_selftest = t.elapsed();
     let initramfs = initramfs::lab(&built.bzimage, &selftests)?;
+    eprintln!(
+        "xtask: selftest {:.1} s, lab initramfs {:.1} s",
+        t_selftest.as_secs_f64(),
+        (t.elapsed() - t_selftest).as_secs_f64()
+    );
     Ok(Artifacts {
         tree,
         built,
