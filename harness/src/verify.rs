@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 
-use crate::backend::model::simulate_ppin_init;
+use crate::backend::model::{simulate_ppin_init, ModelInputs};
 use crate::backend::{build_model, Backend};
 use crate::feature::{FeatureSpec, ModelKind};
 use crate::host::HostSources;
 use crate::probe::judge;
-use crate::report::{KernelPpin, Report, RunFingerprint};
+use crate::report::{KernelPpin, Report, Row, RunFingerprint};
+use crate::vmm::cpuid::CpuVendor;
 use crate::vmm::linux::{run_linux, LinuxOutcome, LinuxRequest};
 use crate::vmm::machine::{FeatureRun, Limits, VmmError};
 use crate::vmm::vcpu::VcpuEnd;
@@ -115,6 +116,72 @@ pub fn check_initramfs(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The guest command-line words that tell msr-probe (the guest's `/init`) what to read: the
+/// MSRs in order (`None` = the whole catalog) and the frame's stream name.
+pub fn probe_words(msrs: Option<&[MsrIndex]>) -> String {
+    let list = match msrs {
+        Some(m) => m
+            .iter()
+            .map(|m| format!("{:#x}", m.raw()))
+            .collect::<Vec<_>>()
+            .join(","),
+        None => "catalog".to_owned(),
+    };
+    format!("KVMCAP_MSRS={list} KVMCAP_STREAM=verify")
+}
+
+/// Judges a guest's msr-probe report: every reading (the feature's MSRs against the model
+/// built from `inputs`, every other MSR against the host) and, for PPIN, the guest kernel's
+/// own `cpuN/topology/ppin` against what its `ppin_init()` must have found.
+pub fn judge_guest(
+    guest: &ProbeReport,
+    feature: Option<&FeatureSpec>,
+    backend: Backend,
+    vendor: CpuVendor,
+    inputs: Option<&ModelInputs>,
+    host: &HostSources,
+    catalog: &Catalog,
+) -> (Vec<Row>, Vec<KernelPpin>) {
+    // The oracle: the model as the VMM set it up, then as the guest kernel's ppin_init() left it.
+    let mut oracle = match (feature, inputs) {
+        (Some(f), Some(inputs)) => Some(build_model(f, inputs)),
+        _ => None,
+    };
+    let mut expected_kernel_ppin = None;
+    if let (Some(f), Some(m)) = (feature, oracle.as_mut()) {
+        if f.model == ModelKind::Ppin && backend != Backend::None {
+            if let Some(pair) = f.pair_for(vendor) {
+                expected_kernel_ppin = simulate_ppin_init(m.as_mut(), pair);
+            }
+        }
+    }
+    let mut readings = Vec::new();
+    let mut kernel_ppin = Vec::new();
+    for c in &guest.cpus {
+        for r in &c.readings {
+            let g = r.reading.clone();
+            readings.push(judge(
+                c.cpu,
+                r.index,
+                g,
+                feature,
+                &mut oracle,
+                host,
+                catalog,
+            ));
+        }
+        if feature.is_some_and(|f| f.model == ModelKind::Ppin) {
+            kernel_ppin.push(KernelPpin {
+                cpu: c.cpu,
+                seen: c.sysfs_ppin,
+                expected: expected_kernel_ppin,
+                ok: c.sysfs_ppin == expected_kernel_ppin,
+            });
+        }
+    }
+    (readings, kernel_ppin)
+}
+
 /// Boots, reads, judges.
 pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report, VerifyError> {
     let image = std::fs::read(&req.initramfs).map_err(|e| VmmError::Image {
@@ -126,15 +193,7 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         problem,
     })?;
     let msrs = req.msrs.clone().unwrap_or_else(|| catalog.indices());
-    let list = if req.msrs.is_some() {
-        msrs.iter()
-            .map(|m| format!("{:#x}", m.raw()))
-            .collect::<Vec<_>>()
-            .join(",")
-    } else {
-        "catalog".to_owned()
-    };
-    let cmdline = format!("KVMCAP_MSRS={list} KVMCAP_STREAM=verify {}", req.cmdline);
+    let cmdline = format!("{} {}", probe_words(req.msrs.as_deref()), req.cmdline);
     let outcome = run_linux(&LinuxRequest {
         kvm_path: req.kvm_path.clone(),
         kernel: req.kernel.clone(),
@@ -170,43 +229,15 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         .map_err(|e| no_report(&outcome, format!("report is not a msr-probe report: {e}")))?;
     validate(&guest, req.vcpus, &msrs).map_err(|e| no_report(&outcome, e))?;
 
-    // The oracle: the model as the VMM set it up, then as the guest kernel's ppin_init() left it.
-    let mut oracle = match (req.feature, &outcome.model_inputs) {
-        (Some(f), Some(inputs)) => Some(build_model(f, inputs)),
-        _ => None,
-    };
-    let mut expected_kernel_ppin = None;
-    if let (Some(f), Some(m)) = (req.feature, oracle.as_mut()) {
-        if f.model == ModelKind::Ppin && req.backend != Backend::None {
-            if let Some(pair) = f.pair_for(outcome.vendor) {
-                expected_kernel_ppin = simulate_ppin_init(m.as_mut(), pair);
-            }
-        }
-    }
-    let mut readings = Vec::new();
-    let mut kernel_ppin = Vec::new();
-    for c in &guest.cpus {
-        for r in &c.readings {
-            let g = r.reading.clone();
-            readings.push(judge(
-                c.cpu,
-                r.index,
-                g,
-                req.feature,
-                &mut oracle,
-                req.host,
-                catalog,
-            ));
-        }
-        if req.feature.is_some_and(|f| f.model == ModelKind::Ppin) {
-            kernel_ppin.push(KernelPpin {
-                cpu: c.cpu,
-                seen: c.sysfs_ppin,
-                expected: expected_kernel_ppin,
-                ok: c.sysfs_ppin == expected_kernel_ppin,
-            });
-        }
-    }
+    let (readings, kernel_ppin) = judge_guest(
+        &guest,
+        req.feature,
+        req.backend,
+        outcome.vendor,
+        outcome.model_inputs.as_ref(),
+        req.host,
+        catalog,
+    );
     let me = Fingerprint::of_running_system();
     let notes = if guest.fingerprint.kernel.is_empty() {
         Vec::new()
