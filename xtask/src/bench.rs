@@ -522,7 +522,7 @@ fn ratio_text(r: f64) -> String {
 
 fn fmt(s: &Option<Stats>) -> String {
     match s {
-        Some(s) if s.median < 0.1 => format!(
+        Some(s) if s.median < 1.0 => format!(
             "{:.1} µs ({:.1}–{:.1}), n={}",
             s.median * 1000.0,
             s.p10 * 1000.0,
@@ -603,6 +603,7 @@ pub fn run(
     quick: bool,
     json_path: Option<&Path>,
     with_edit_loop: bool,
+    with_lab: bool,
 ) -> Result<String, XtaskError> {
     let runs = if quick { 20 } else { 50 };
     let kvmcap = build_kvmcap()?;
@@ -623,6 +624,9 @@ pub fn run(
         benches.extend(bare_probe_qemu(&kvmcap, k, runs, catalog.len())?);
     }
     benches.extend(msr_cost(&kvmcap, if quick { 10 } else { 20 })?);
+    if with_lab {
+        benches.extend(crate::bench_lab::lab_benches(quick)?);
+    }
     if with_edit_loop {
         benches.push(edit_loop(if quick { 1 } else { 3 }, !quick)?);
     }

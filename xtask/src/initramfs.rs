@@ -65,6 +65,97 @@ pub fn guest() -> Result<PathBuf, XtaskError> {
 /// Builds the lab initramfs around `guest_kernel`, with `selftests` under `/selftests/`, and
 /// returns its path.
 pub fn lab(guest_kernel: &Path, selftests: &[PathBuf]) -> Result<PathBuf, XtaskError> {
+    let b = lab_builder(guest_kernel, selftests)?;
+    let path = out_dir().join("lab-initramfs.cpio");
+    write(&path, &b.finish().map_err(cpio_err)?)?;
+    Ok(path)
+}
+
+/// The firmware QEMU's microvm machine loads for `-kernel` (what it opens, seen with strace).
+const QEMU_FIRMWARE: &[&str] = &["qboot.rom", "bios-microvm.bin", "linuxboot_dma.bin"];
+
+/// The shared objects `binary` needs, from `ldd` (the loader included).
+pub fn shared_objects(binary: &Path) -> Result<Vec<PathBuf>, XtaskError> {
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|source| XtaskError::Spawn {
+            tool: "ldd".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(XtaskError::Output {
+            path: binary.to_owned(),
+            problem: format!("ldd: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The absolute paths in `ldd` output (`name => /path (addr)` or `/path (addr)`).
+pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// The lab initramfs plus QEMU (`/usr/bin/qemu-system-x86_64`, its shared objects at their
+/// paths, its microvm firmware), for the benchmark that boots the same guest under QEMU
+/// inside the lab. About 60 MB, so only `cargo xtask bench` builds it.
+pub fn bench_lab(
+    guest_kernel: &Path,
+    selftests: &[PathBuf],
+    qemu: &Path,
+) -> Result<PathBuf, XtaskError> {
+    let mut b = lab_builder(guest_kernel, selftests)?;
+    let mut dirs: Vec<String> = Vec::new();
+    let mut add = |b: &mut Builder, at: &Path, data: Vec<u8>, perm: u32| {
+        let rel = at.to_string_lossy().trim_start_matches('/').to_owned();
+        let mut prefix = String::new();
+        for part in rel
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |(_, d)| d)
+        {
+            prefix = if prefix.is_empty() {
+                (*part).to_owned()
+            } else {
+                format!("{prefix}/{part}")
+            };
+            if !dirs.contains(&prefix) {
+                b.dir(&prefix);
+                dirs.push(prefix.clone());
+            }
+        }
+        b.file(&rel, perm, data);
+    };
+    add(
+        &mut b,
+        Path::new(crate::bench_lab::LAB_QEMU),
+        read(qemu)?,
+        0o755,
+    );
+    for so in shared_objects(qemu)? {
+        add(&mut b, &so, read(&so)?, 0o755);
+    }
+    let share = Path::new("/usr/share/qemu");
+    for f in QEMU_FIRMWARE {
+        add(&mut b, &share.join(f), read(&share.join(f))?, 0o644);
+    }
+    let path = out_dir().join("bench-lab-initramfs.cpio");
+    write(&path, &b.finish().map_err(cpio_err)?)?;
+    Ok(path)
+}
+
+fn lab_builder(guest_kernel: &Path, selftests: &[PathBuf]) -> Result<Builder, XtaskError> {
     let guest = guest()?;
     let kvmcap = static_build::build("kvmcap")?;
     let mut b = base();
@@ -98,7 +189,22 @@ pub fn lab(guest_kernel: &Path, selftests: &[PathBuf]) -> Result<PathBuf, XtaskE
             .unwrap_or_default();
         b.file(&format!("scenarios/{name}"), 0o644, read(&p)?);
     }
-    let path = out_dir().join("lab-initramfs.cpio");
-    write(&path, &b.finish().map_err(cpio_err)?)?;
-    Ok(path)
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_gives_the_paths() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n\tlibgone.so => not found\n";
+        assert_eq!(
+            parse_ldd(text),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libz.so.1"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+    }
 }

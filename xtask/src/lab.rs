@@ -57,6 +57,8 @@ pub struct JobOutcome {
     pub snapshot: serde_json::Value,
     /// The full report.
     pub report: serde_json::Value,
+    /// Wall time in the lab from the job's start to its verdict.
+    pub job_ms: Option<f64>,
 }
 
 /// What the lab produced.
@@ -227,6 +229,7 @@ pub fn run(o: &LabOptions) -> Result<LabRun, XtaskError> {
                         pass: v["pass"].as_bool().unwrap_or(false),
                         snapshot: v["snapshot"].clone(),
                         report: v["report"].clone(),
+                        job_ms: v["job_ms"].as_f64(),
                     })
             }
             Some(Ok(f)) => Err(format!("{job}: the lab reported `{}` instead", f.stream)),

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 pub mod bench;
+pub mod bench_lab;
 pub mod codegen;
 pub mod initramfs;
 pub mod kernel;

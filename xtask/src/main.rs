@@ -37,7 +37,7 @@ USAGE:
                                         verify with backend kernel and user on 1 and 2 vCPUs;
                                         kernel must equal user and kernel-patches/expected/
                                         (--bless rewrites those); logs under target/kvmcap/pbv/
-    cargo xtask bench [--quick] [--json PATH] [--no-edit-loop]
+    cargo xtask bench [--quick] [--json PATH] [--no-edit-loop] [--no-lab]
                                         kvmcap against its peers in one invocation: median,
                                         p10, p90 and ratios; rewrites BENCHMARKS.md and
                                         benchmarks.svg
@@ -61,6 +61,7 @@ struct Args {
     bless: bool,
     quick: bool,
     no_edit_loop: bool,
+    no_lab: bool,
     json: Option<PathBuf>,
     jobs: Vec<String>,
     seconds: Option<u64>,
@@ -74,6 +75,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         bless: false,
         quick: false,
         no_edit_loop: false,
+        no_lab: false,
         json: None,
         jobs: Vec::new(),
         seconds: None,
@@ -90,6 +92,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
             "--bless" => a.bless = true,
             "--quick" => a.quick = true,
             "--no-edit-loop" => a.no_edit_loop = true,
+            "--no-lab" => a.no_lab = true,
             "--json" => a.json = Some(value("--json")?.into()),
             "--scenario" => a.scenarios.push(value("--scenario")?),
             "--job" => a.jobs.push(value("--job")?),
@@ -210,7 +213,7 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
         ["lab"] => cmd_lab(&a),
         ["patch-boot-verify"] => cmd_pbv(&a),
         ["bench"] => {
-            let table = xtask::bench::run(a.quick, a.json.as_deref(), !a.no_edit_loop)?;
+            let table = xtask::bench::run(a.quick, a.json.as_deref(), !a.no_edit_loop, !a.no_lab)?;
             print!("{table}");
             println!("wrote BENCHMARKS.md and benchmarks.svg");
             Ok(true)
