@@ -242,14 +242,22 @@ impl Report {
             guest: self.fingerprint.guest.clone(),
             feature: self.fingerprint.feature.clone(),
             backend: self.fingerprint.backend,
-            vcpus: self
-                .vcpus
-                .iter()
-                .map(|e| match e {
-                    VcpuEnd::Done { .. } => "done".to_owned(),
-                    other => format!("{other:?}"),
-                })
-                .collect(),
+            vcpus: {
+                let mut v: Vec<String> = self
+                    .vcpus
+                    .iter()
+                    .map(|e| match e {
+                        VcpuEnd::Done { .. } => "done".to_owned(),
+                        other => format!("{other:?}"),
+                    })
+                    .collect();
+                // A Linux guest picks the CPU its /init runs on (that vCPU ends "done"):
+                // not part of what the snapshot pins.
+                if self.fingerprint.guest == "linux" {
+                    v.sort();
+                }
+                v
+            },
             negotiation: self
                 .negotiation
                 .iter()

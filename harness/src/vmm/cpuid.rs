@@ -101,7 +101,8 @@ pub fn set_bit(entries: &mut Vec<kvm_cpuid_entry2>, b: CpuidBit, on: bool) {
 }
 
 /// KVM's supported CPUID adjusted for vCPU `id` of `count`: APIC IDs in leaves 1, 0xB, 0x1F
-/// and 0x8000001E, the logical processor count in leaf 1, and the feature bits `on`/`off`.
+/// and 0x8000001E, the logical processor count and the hypervisor bit in leaf 1, and the
+/// feature bits `on`/`off`.
 pub fn for_vcpu(
     supported: &CpuId,
     id: u8,
@@ -116,6 +117,12 @@ pub fn for_vcpu(
                 e.ebx =
                     (e.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count.max(1)) << 16);
                 e.edx |= 1 << 28; // HTT: the count in EBX[23:16] is valid
+                                  // The hypervisor bit, as every VMM sets it (KVM's supported CPUID leaves it
+                                  // clear): without it a Linux guest never looks at KVM's leaves 0x40000000+,
+                                  // which KVM_GET_SUPPORTED_CPUID lists, so it runs without kvmclock and
+                                  // calibrates its TSC against the PIT ("Booting paravirtualized kernel on bare
+                                  // hardware").
+                e.ecx |= 1 << 31;
             }
             0xb | 0x1f => e.edx = u32::from(id),
             0x8000_001e => e.eax = u32::from(id),
