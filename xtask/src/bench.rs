@@ -589,9 +589,14 @@ pub fn write_report(benches: &[Bench], json_path: Option<&Path>) -> Result<Strin
         md.push_str(&format!("- **{}**: {}\n", b.name, b.note));
     }
     md.push_str(
-        "\n## Not measured here (and why)\n\n\
-         - Linux guest start-to-verdict against QEMU inside the lab: the lab image carries no QEMU; kvmcap's own \
-         figure is in each lab report's `elapsed_ms`.\n",
+        "\n## Caveats\n\n\
+         - The QEMU peers of the bare probe run both vCPUs' reads on QEMU's boot CPU (the multiboot image starts no \
+         application processors); QEMU still creates 2 vCPUs. `-cpu host,-arch-capabilities`: this host's KVM refuses \
+         QEMU's write of IA32_ARCH_CAPABILITIES.\n\
+         - The C floor runs its guest in real mode on one thread, vCPU after vCPU, and judges nothing; this host's KVM \
+         emulates guest instructions, where real mode is cheaper per instruction than long mode.\n\
+         - Lab figures come from QEMU TCG (emulated SVM): absolute times are the lab's; the ratios are the point.\n\
+         - The cold edit loop removes `target/kernel` only (Rust artifacts stay built); `--quick` skips it.\n",
     );
     write(&workspace_root().join("BENCHMARKS.md"), &md)?;
     write(&workspace_root().join("benchmarks.svg"), &svg(benches))?;
