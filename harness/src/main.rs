@@ -245,8 +245,10 @@ fn cmd_image(o: &Options) -> Result<bool, Failure> {
 }
 
 fn cmd_probe(o: &Options) -> Result<bool, Failure> {
-    // Open KVM and create the VM while the catalog and feature are read.
+    // Open KVM and create the VM while the catalog and feature are read, and read the host's
+    // fingerprint (for the report) meanwhile too.
     let open = kvmcap::vmm::machine::OpenVm::open_in_background(o.kvm.clone());
+    std::thread::spawn(msr_probe::Fingerprint::of_running_system);
 
     let catalog = catalog()?;
     let spec = feature(o, &catalog)?;

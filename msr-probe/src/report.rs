@@ -22,8 +22,14 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    /// Reads the fingerprint of the running system from `/proc`.
+    /// Reads the fingerprint of the running system from `/proc`, once per process (the
+    /// kernel and CPU do not change under it); a caller may warm it on another thread.
     pub fn of_running_system() -> Self {
+        static CACHE: std::sync::OnceLock<Fingerprint> = std::sync::OnceLock::new();
+        CACHE.get_or_init(Self::read_running_system).clone()
+    }
+
+    fn read_running_system() -> Self {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "unknown".into());

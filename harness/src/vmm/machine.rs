@@ -136,6 +136,40 @@ const MAX_STRAY: usize = 32;
 struct BareHandler {
     model: Option<VcpuModel>,
     stray: Vec<String>,
+    /// Per-vCPU setup, done on the vCPU's thread ([`ExitHandler::before_run`]).
+    setup: Option<BareSetup>,
+    /// Why that setup failed (the run then fails with it).
+    setup_error: Option<VmmError>,
+}
+
+/// What a bare vCPU needs before it runs.
+struct BareSetup {
+    cpu: u8,
+    cpuid: kvm_bindings::CpuId,
+    msrs: Vec<(MsrIndex, u64)>,
+    irqchip: bool,
+}
+
+impl BareSetup {
+    fn apply(&self, vcpu: &VcpuFd) -> Result<(), VmmError> {
+        let cpu = self.cpu;
+        vcpu.set_cpuid2(&self.cpuid)
+            .map_err(vcpu_err(cpu, "KVM_SET_CPUID2"))?;
+        set_msrs(vcpu, cpu, &self.msrs)?;
+        let sregs = vcpu.get_sregs().map_err(vcpu_err(cpu, "KVM_GET_SREGS"))?;
+        vcpu.set_sregs(&bare::sregs(sregs))
+            .map_err(vcpu_err(cpu, "KVM_SET_SREGS"))?;
+        vcpu.set_regs(&bare::regs(cpu))
+            .map_err(vcpu_err(cpu, "KVM_SET_REGS"))?;
+        if self.irqchip {
+            // With an in-kernel local APIC, application processors wait for INIT/SIPI.
+            vcpu.set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            })
+            .map_err(vcpu_err(cpu, "KVM_SET_MP_STATE"))?;
+        }
+        Ok(())
+    }
 }
 
 impl BareHandler {
@@ -177,6 +211,16 @@ impl ExitHandler for BareHandler {
     fn wrmsr(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault> {
         model_wrmsr(&mut self.model, index, value)
     }
+    fn before_run(&mut self, vcpu: &VcpuFd) -> Result<(), String> {
+        let Some(setup) = self.setup.take() else {
+            return Ok(());
+        };
+        setup.apply(vcpu).map_err(|e| {
+            let text = e.to_string();
+            self.setup_error = Some(e);
+            text
+        })
+    }
 }
 
 /// The fuzzing entry point for the bare guest's port I/O: feeds each `(port, write, data)` exit
@@ -188,6 +232,8 @@ pub fn fuzz_bare_io(exits: &[(u16, bool, Vec<u8>)]) -> (usize, Option<VcpuEnd>) 
     let mut handler = BareHandler {
         model: None,
         stray: Vec::new(),
+        setup: None,
+        setup_error: None,
     };
     let mut first_end = None;
     for (port, write, data) in exits {
@@ -583,17 +629,20 @@ impl VmContext {
 
     /// Per-vCPU state every guest needs: CPUID (APIC ID, feature bits) and the feature's MSRs.
     pub fn setup_vcpu(&self, vcpu: &VcpuFd, cpu: u8, count: u8) -> Result<(), VmmError> {
-        let table =
-            cpuid::for_vcpu(&self.supported, cpu, count, &self.on, &self.off).map_err(|error| {
-                VmmError::Vcpu {
-                    cpu,
-                    what: "CPUID".into(),
-                    error,
-                }
-            })?;
-        vcpu.set_cpuid2(&table)
+        vcpu.set_cpuid2(&self.cpuid_for(cpu, count)?)
             .map_err(vcpu_err(cpu, "KVM_SET_CPUID2"))?;
         set_msrs(vcpu, cpu, &self.kvm_values)
+    }
+
+    /// The CPUID table of vCPU `cpu` of `count`.
+    pub fn cpuid_for(&self, cpu: u8, count: u8) -> Result<kvm_bindings::CpuId, VmmError> {
+        cpuid::for_vcpu(&self.supported, cpu, count, &self.on, &self.off).map_err(|error| {
+            VmmError::Vcpu {
+                cpu,
+                what: "CPUID".into(),
+                error,
+            }
+        })
     }
 }
 
@@ -674,30 +723,26 @@ pub fn run_bare_on(open: OpenVm, req: &BareRequest<'_>) -> Result<BareOutcome, V
         .and_then(|v| v.get_tsc_khz().ok());
     for (cpu, vcpu) in vcpus.into_iter().enumerate() {
         let cpu = cpu as u8;
-        ctx.setup_vcpu(&vcpu, cpu, count)?;
-        let sregs = vcpu.get_sregs().map_err(vcpu_err(cpu, "KVM_GET_SREGS"))?;
-        vcpu.set_sregs(&bare::sregs(sregs))
-            .map_err(vcpu_err(cpu, "KVM_SET_SREGS"))?;
-        vcpu.set_regs(&bare::regs(cpu))
-            .map_err(vcpu_err(cpu, "KVM_SET_REGS"))?;
-        if req.irqchip {
-            // With an in-kernel local APIC, application processors wait for INIT/SIPI.
-            vcpu.set_mp_state(kvm_mp_state {
-                mp_state: KVM_MP_STATE_RUNNABLE,
-            })
-            .map_err(vcpu_err(cpu, "KVM_SET_MP_STATE"))?;
-        }
+        let setup = BareSetup {
+            cpu,
+            cpuid: ctx.cpuid_for(cpu, count)?,
+            msrs: ctx.kvm_values.clone(),
+            irqchip: req.irqchip,
+        };
         runnable.push((
             vcpu,
             BareHandler {
                 model: ctx.vcpu_model(),
                 stray: Vec::new(),
+                setup: Some(setup),
+                setup_error: None,
             },
         ));
     }
-
-    let (summary, handlers) = run_vcpus(runnable, req.limits.deadline);
-
+    let (summary, mut handlers) = run_vcpus(runnable, req.limits.deadline);
+    if let Some(e) = handlers.iter_mut().find_map(|h| h.setup_error.take()) {
+        return Err(e);
+    }
     drop(vm_ready);
 
     let timed: Vec<_> = req

@@ -99,6 +99,12 @@ pub trait ExitHandler: Send {
     fn rdmsr(&mut self, index: MsrIndex) -> Result<u64, Fault>;
     /// `WRMSR` that KVM sent to userspace.
     fn wrmsr(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault>;
+    /// Called on the vCPU's own thread before its first `KVM_RUN`, so per-vCPU setup
+    /// (CPUID, registers) of several vCPUs runs side by side; an error ends the vCPU with
+    /// [`VcpuEnd::RunError`] before it runs.
+    fn before_run(&mut self, _vcpu: &VcpuFd) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Runs until the guest or a handler ends it, or `stop` is set (kick).
@@ -217,6 +223,10 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
             .spawn(move || {
                 if let Some(cpu) = pin_to {
                     pin_this_thread(cpu);
+                }
+                if let Err(error) = handler.before_run(&vcpu) {
+                    let _ = thread_tx.send((id, VcpuEnd::RunError { error }));
+                    return (vcpu, handler);
                 }
                 kick::arm(&mut vcpu);
                 let flow = run_loop(&mut vcpu, &mut handler, &stop, &vm_done);
