@@ -299,7 +299,7 @@ pub fn report(data: &[u8]) -> bool {
 /// feature's MSRs, or from 0xf0 up an MSR it does not have) and a little-endian value.
 /// Accepted: some access did not fault.
 pub fn msr(data: &[u8]) -> bool {
-    use kvmcap::backend::model::{build_model, simulate_ppin_init, ModelInputs};
+    use kvmcap::backend::model::{build_shared, simulate_ppin_init, with_model, ModelInputs};
     use kvmcap::feature::FeatureSpec;
     use kvmcap::vmm::cpuid::CpuVendor;
     use kvmcap::vmm::machine::{model_rdmsr, model_wrmsr};
@@ -326,15 +326,22 @@ pub fn msr(data: &[u8]) -> bool {
     ][usize::from((byte(0) >> 1) & 3)];
     let enabled = byte(0) & 8 != 0;
     let msrs = spec.msrs();
-    let inputs = ModelInputs {
-        vendor,
-        enabled,
-        args: [u64::from(enabled), 0, 0, 0],
-        values: msrs.iter().map(|&m| (m, word(2))).collect(),
-        initial_ctl: u64::from(byte(1)),
-    };
-    let mut model = Some(build_model(spec, &inputs));
     let announced = spec.pair_for(vendor).filter(|_| enabled);
+    // The initial state as the VMM writes it; one the model refuses (reserved bits, 11b) is
+    // an input the VMM rejects before any guest runs.
+    let mut writes: Vec<(MsrIndex, u64)> = msrs.iter().map(|&m| (m, word(2))).collect();
+    if let Some(p) = announced {
+        writes.push((p.ctl, u64::from(byte(1))));
+    }
+    let inputs = ModelInputs {
+        announced: if enabled { vec![vendor] } else { Vec::new() },
+        enabled,
+        writes: if enabled { writes } else { Vec::new() },
+    };
+    let Ok(shared) = build_shared(spec, &inputs) else {
+        return false;
+    };
+    let mut model = Some(shared);
     let mut served = false;
     for op in data.get(10..).unwrap_or_default().chunks(10) {
         let kind = op[0];
@@ -350,8 +357,8 @@ pub fn msr(data: &[u8]) -> bool {
             msrs[usize::from(sel) % msrs.len()]
         };
         if kind & 2 != 0 {
-            if let (Some(m), Some(pair)) = (model.as_mut(), announced) {
-                let _ = simulate_ppin_init(m.as_mut(), pair);
+            if let (Some(m), Some(pair)) = (model.as_ref(), announced) {
+                let _ = with_model(m, |m| simulate_ppin_init(m, pair));
             }
             continue;
         }
@@ -365,9 +372,11 @@ pub fn msr(data: &[u8]) -> bool {
             let r = model_wrmsr(&mut model, index, value);
             served |= r.is_ok();
             if let Some(p) = pair {
-                // PPIN is read-only; PPIN_CTL #GPs once locked, or with reserved bits.
+                // PPIN is read-only; PPIN_CTL #GPs once locked, with reserved bits, or
+                // with LockOut and Enable both set.
                 let locked = ctl_before.is_some_and(|c| c & p.lockout != 0);
-                if index == p.value || locked || value & !(p.lockout | p.enable) != 0 {
+                let both = p.lockout | p.enable;
+                if index == p.value || locked || value & !both != 0 || value == both {
                     assert!(r.is_err(), "guest wrmsr {index} = {value:#x} must #GP");
                 }
                 if r.is_ok() {

@@ -39,8 +39,8 @@ USAGE:
         every capability of the running KVM, asked on /dev/kvm and on a VM
     kvmcap probe --guest bare --feature F --backend none|user|kernel [--vcpus N]
                  [--msr M ...] [--catalog] [--host-value NAME=VALUE ...]
-                 [--host-profile FILE] [--repeat N] [--timed] [--irqchip] [--json]
-                 [--report PATH]
+                 [--host-profile FILE] [--host-ppin] [--pair vendor|intel|amd|both]
+                 [--repeat N] [--timed] [--irqchip] [--json] [--report PATH]
         read MSRs in the bare long-mode guest on every vCPU and judge each reading
         (default MSRs: the feature's); --timed measures each access in the guest
         (lfence; rdtsc) and reports its TSC ticks
@@ -49,12 +49,12 @@ USAGE:
         QEMU command that runs it (all vCPUs' reads run on the boot CPU, in turn)
     kvmcap image --dump FILE [--feature F] [--msr M ...] [--catalog] [--vcpus N] [--json]
         read what that image's guest wrote to QEMU's debug console
-    kvmcap run SCENARIO [--backend B] [--vcpus N] [--json] [--report PATH]
+    kvmcap run SCENARIO [--backend B] [--vcpus N] [--pair P] [--json] [--report PATH]
         run a scenario (a name in fixtures/scenarios/ or a .toml path); without
         --backend, every backend the scenario supports
     kvmcap verify --guest linux --kernel BZIMAGE [--initramfs CPIO] --feature F
                   --backend B [--vcpus N] [--msr M ...] [--host-value NAME=VALUE ...]
-                  [--json PATH] [--mem-mib N] [--console] [--console-limit BYTES]
+                  [--host-ppin] [--pair P] [--json PATH] [--mem-mib N] [--console] [--console-limit BYTES]
                   [--cmdline WORDS]
         boot a Linux guest whose /init is msr-probe, judge what it read on every CPU
         (default MSRs: the whole catalog) and the guest kernel's topology/ppin
@@ -66,6 +66,13 @@ COMMON OPTIONS:
     --kvm PATH          the KVM device (default /dev/kvm)
     --deadline-ms N     how long a guest may run (default 10000)
     --max-vcpus N       refuse more vCPUs than this (default 64)
+    --pair P            which of the feature's vendor MSR pairs the guest's CPUID announces:
+                        vendor (the guest CPU's, default), intel, amd, or both (they alias
+                        one state); KVM gates the pairs on the guest's CPUID, so one host
+                        exercises both vendors' paths
+    --host-ppin         give the guest this host's own PPIN, read from
+                        /sys/devices/system/cpu/cpu0/topology/ppin (root only: the kernel
+                        keeps it 0400); never done unasked
     -h, --help          this help
 
 FEATURES: ppin, platform-info (fixtures/features/), or a path to a feature .toml.
@@ -111,6 +118,10 @@ pub struct Options {
     pub host_values: Vec<String>,
     /// `--host-profile`.
     pub host_profile: Option<PathBuf>,
+    /// `--host-ppin`: the guest gets this host's own PPIN (root: sysfs `topology/ppin`).
+    pub host_ppin: bool,
+    /// `--pair`: which of the feature's vendor pairs the guest's CPUID announces.
+    pub pair: crate::feature::Announce,
     /// `--report`.
     pub report: Option<PathBuf>,
     /// Limits.
@@ -170,6 +181,8 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
         timed: false,
         host_values: Vec::new(),
         host_profile: None,
+        host_ppin: false,
+        pair: crate::feature::Announce::Vendor,
         report: None,
         limits: Limits::default(),
         kernel: None,
@@ -242,6 +255,8 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
             "--msr" => o.msrs.push(value("--msr")?),
             "--host-value" => o.host_values.push(value("--host-value")?),
             "--host-profile" => o.host_profile = Some(value("--host-profile")?.into()),
+            "--host-ppin" => o.host_ppin = true,
+            "--pair" => o.pair = value("--pair")?.parse().map_err(Usage)?,
             "--report" => o.report = Some(value("--report")?.into()),
             "--deadline-ms" => {
                 let v = value("--deadline-ms")?;

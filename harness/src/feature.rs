@@ -63,6 +63,82 @@ pub enum ModelKind {
     KvmMsr,
 }
 
+/// Which of a feature's vendor pairs the guest's CPUID announces (`--pair`). KVM gates the
+/// pairs on the guest's CPUID, not the host's vendor, so one host exercises both vendors'
+/// code paths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Announce {
+    /// The pair of the guest's CPU vendor (Hygon takes AMD's).
+    #[default]
+    Vendor,
+    /// Intel's pair.
+    Intel,
+    /// AMD's pair.
+    Amd,
+    /// Both pairs (they alias one state).
+    Both,
+}
+
+impl Announce {
+    /// The vendors whose pairs are announced on a guest of `vendor`.
+    pub fn vendors(self, vendor: CpuVendor) -> Vec<CpuVendor> {
+        match self {
+            Self::Vendor => vec![vendor],
+            Self::Intel => vec![CpuVendor::Intel],
+            Self::Amd => vec![CpuVendor::Amd],
+            Self::Both => vec![CpuVendor::Intel, CpuVendor::Amd],
+        }
+    }
+
+    /// The name used on command lines and in reports (`vendor` shows as the vendor's pair).
+    pub fn label(self, vendor: CpuVendor) -> &'static str {
+        match (self, vendor) {
+            (Self::Intel, _) | (Self::Vendor, CpuVendor::Intel) => "intel",
+            (Self::Amd, _) | (Self::Vendor, CpuVendor::Amd) => "amd",
+            (Self::Both, _) => "both",
+            (Self::Vendor, CpuVendor::Other) => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for Announce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Vendor => "vendor",
+            Self::Intel => "intel",
+            Self::Amd => "amd",
+            Self::Both => "both",
+        })
+    }
+}
+
+impl std::str::FromStr for Announce {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vendor" => Ok(Self::Vendor),
+            "intel" => Ok(Self::Intel),
+            "amd" => Ok(Self::Amd),
+            "both" => Ok(Self::Both),
+            _ => Err(format!(
+                "unknown pair `{s}` (expected vendor, intel, amd or both)"
+            )),
+        }
+    }
+}
+
+/// Where a feature's state lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Each vCPU has its own (KVM's per-vCPU MSRs).
+    #[default]
+    Vcpu,
+    /// One state for the whole VM (a package-scoped MSR; a VM is one package).
+    Vm,
+}
+
 /// The capability that turns the feature on in KVM.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CapSpec {
@@ -72,8 +148,58 @@ pub struct CapSpec {
     pub number: u32,
     /// `KVM_ENABLE_CAP` arguments.
     pub args: [u64; 4],
+    /// Per argument, the values `KVM_ENABLE_CAP` accepts (`None`: any). The `user` backend
+    /// refuses the others as the kernel does (EINVAL), so both backends refuse alike.
+    pub accepts: [Option<Vec<u64>>; 4],
     /// Whether a kernel without it is an error (otherwise: recorded and skipped).
     pub required: bool,
+}
+
+impl CapSpec {
+    /// Whether `args` turn the feature on (`args[0]` non-zero, as KVM reads its boolean
+    /// enable arguments).
+    pub fn enables(args: &[u64; 4]) -> bool {
+        args[0] != 0
+    }
+
+    /// The first argument outside what the capability accepts, as `(position, value)`.
+    pub fn refused_arg(&self, args: &[u64; 4]) -> Option<(usize, u64)> {
+        args.iter()
+            .zip(&self.accepts)
+            .enumerate()
+            .find(|(_, (a, ok))| ok.as_ref().is_some_and(|ok| !ok.contains(a)))
+            .map(|(i, (a, _))| (i, *a))
+    }
+}
+
+/// Where a rule comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSource {
+    /// The vendor pair it is the source for (absent: every pair).
+    #[serde(default)]
+    pub pair: Option<CpuVendor>,
+    /// The document (`Intel SDM vol. 4`, `AMD PPR 55803`, a Linux file...).
+    pub manual: String,
+    /// The section or table.
+    pub section: String,
+    /// The sentence the rule rests on, quoted.
+    pub sentence: String,
+}
+
+/// One rule of the feature's semantics, with where it comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Short name, used by scenarios (`rules = ["ctl-locked-gp"]`).
+    pub id: String,
+    /// What the rule says, in one line.
+    pub says: String,
+    /// Where the source is ambiguous: which reading was taken and why.
+    #[serde(default)]
+    pub reading: Option<String>,
+    /// Its sources.
+    pub source: Vec<RuleSource>,
 }
 
 /// One vendor's PPIN MSR pair.
@@ -111,6 +237,10 @@ pub struct FeatureSpec {
     pub description: String,
     /// The semantic model.
     pub model: ModelKind,
+    /// Where its state lives.
+    pub scope: Scope,
+    /// Its rules, each with its source.
+    pub rules: Vec<Rule>,
     /// The capability.
     pub capability: CapSpec,
     /// PPIN pairs (model `ppin`).
@@ -128,6 +258,10 @@ struct RawSpec {
     #[serde(default)]
     description: String,
     model: ModelKind,
+    #[serde(default)]
+    scope: Scope,
+    #[serde(default)]
+    rule: Vec<Rule>,
     capability: RawCap,
     #[serde(default)]
     pair: Vec<RawPair>,
@@ -145,6 +279,8 @@ struct RawCap {
     number: Option<u32>,
     #[serde(default)]
     args: Vec<u64>,
+    #[serde(default)]
+    accepts: Vec<Vec<u64>>,
     #[serde(default = "yes")]
     required: bool,
 }
@@ -223,6 +359,22 @@ impl FeatureSpec {
         }
         let mut args = [0u64; 4];
         args[..raw.capability.args.len()].copy_from_slice(&raw.capability.args);
+        if raw.capability.accepts.len() > 4 {
+            return Err(invalid("capability accepts: at most 4 lists".into()));
+        }
+        let mut accepts: [Option<Vec<u64>>; 4] = Default::default();
+        for (slot, list) in accepts.iter_mut().zip(raw.capability.accepts) {
+            *slot = Some(list);
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for r in &raw.rule {
+            if !ids.insert(r.id.as_str()) {
+                return Err(invalid(format!("rule `{}` is defined twice", r.id)));
+            }
+            if r.source.is_empty() {
+                return Err(invalid(format!("rule `{}` has no source", r.id)));
+            }
+        }
         let mut pairs = Vec::new();
         for p in raw.pair {
             if p.cpuid.bit > 31 {
@@ -271,10 +423,13 @@ impl FeatureSpec {
             name: raw.name,
             description: raw.description,
             model: raw.model,
+            scope: raw.scope,
+            rules: raw.rule,
             capability: CapSpec {
                 name: raw.capability.name,
                 number,
                 args,
+                accepts,
                 required: raw.capability.required,
             },
             pairs,
@@ -288,6 +443,11 @@ impl FeatureSpec {
         let mut v: Vec<MsrIndex> = self.pairs.iter().flat_map(|p| [p.ctl, p.value]).collect();
         v.extend(self.kvm_msrs.iter().map(|k| k.msr));
         v
+    }
+
+    /// The rule named `id`.
+    pub fn rule(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
     }
 
     /// The pair a guest of `vendor` uses.

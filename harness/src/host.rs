@@ -2,6 +2,8 @@
 //!
 //! - `explicit`: a value on the command line (`--host-value MSR_PPIN=0x...`);
 //! - `profile`: a recorded host dump (`fixtures/hosts/*.toml`), with its fingerprint;
+//! - `sysfs`: the host's own PPIN from `/sys/devices/system/cpu/cpuN/topology/ppin`, only when
+//!   the user asks for it (`--host-ppin`): the kernel keeps that file root-only (0400);
 //! - `devmsr`: `/dev/cpu/N/msr` on this machine;
 //! - `kvm`: `KVM_GET_MSRS` on `/dev/kvm` for KVM's feature MSRs.
 //!
@@ -32,6 +34,14 @@ pub enum HostError {
     /// an MSR name is unknown
     #[error("--host-value: {0}")]
     UnknownMsr(#[from] msr_probe::catalog::UnknownMsr),
+    /// the host's PPIN cannot be read from sysfs
+    #[error("host PPIN from {path}: {problem}")]
+    Sysfs {
+        /// The sysfs file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// the profile cannot be read
     #[error("host profile {path}: {message}")]
     Profile {
@@ -77,6 +87,7 @@ pub fn parse_profile(
 pub struct HostSources {
     explicit: Vec<(MsrIndex, u64)>,
     profile: Option<(String, Vec<(MsrIndex, u64)>)>,
+    sysfs: Option<(String, Vec<(MsrIndex, u64)>)>,
     devmsr: Option<DevMsr>,
     kvm: Vec<(MsrIndex, u64)>,
 }
@@ -115,6 +126,37 @@ impl HostSources {
         Ok(self)
     }
 
+    /// Adds the host's own PPIN, read from `SYSFS/devices/system/cpu/cpuCPU/topology/ppin`
+    /// (`sysfs` is `/sys` outside tests), as the value of every MSR in `indices` (the
+    /// feature's PPIN MSRs). The kernel makes that file root-only; an unprivileged user gets
+    /// a clear error, never a silent fallback.
+    pub fn with_sysfs_ppin(
+        mut self,
+        sysfs: &Path,
+        cpu: u32,
+        indices: &[MsrIndex],
+    ) -> Result<Self, HostError> {
+        let path = sysfs.join(format!("devices/system/cpu/cpu{cpu}/topology/ppin"));
+        let err = |problem: String| HostError::Sysfs {
+            path: path.clone(),
+            problem,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            err(match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file: the host kernel found no PPIN (no CPUID bit, or firmware locked it off) or has no CPU {cpu}".replace("{cpu}", &cpu.to_string()),
+                std::io::ErrorKind::PermissionDenied => "permission denied: the host keeps its PPIN root-only (mode 0400); run kvmcap as root, or give the value with --host-value".into(),
+                _ => e.to_string(),
+            })
+        })?;
+        let value = msr_probe::index::parse_u64(text.trim())
+            .ok_or_else(|| err(format!("`{}` is not a number", text.trim())))?;
+        self.sysfs = Some((
+            format!("sysfs:cpu{cpu}"),
+            indices.iter().map(|&i| (i, value)).collect(),
+        ));
+        Ok(self)
+    }
+
     /// Adds this machine's `/dev/cpu/N/msr` (used only where the driver is present).
     pub fn with_devmsr(mut self, reader: DevMsr) -> Self {
         self.devmsr = Some(reader);
@@ -137,7 +179,7 @@ impl HostSources {
                 source: "explicit".into(),
             });
         }
-        if let Some((name, list)) = &self.profile {
+        for (name, list) in [&self.sysfs, &self.profile].into_iter().flatten() {
             if let Some(v) = found(list) {
                 return Some(HostValue {
                     reading: Reading::Value(v),
@@ -174,11 +216,32 @@ impl HostSources {
         })
     }
 
+    /// The first value the user supplied for one of `indices`: an explicit value, the host's
+    /// PPIN they asked for (`sysfs`), or a profile. Never read from this machine's MSRs
+    /// unasked: that is how a value the host keeps root-only would reach a guest.
+    pub fn supplied_value(&self, indices: &[MsrIndex]) -> Option<(MsrIndex, u64, String)> {
+        let lists = [
+            Some(("explicit".to_owned(), &self.explicit)),
+            self.sysfs.as_ref().map(|(n, l)| (n.clone(), l)),
+            self.profile.as_ref().map(|(n, l)| (n.clone(), l)),
+        ];
+        lists.into_iter().flatten().find_map(|(name, list)| {
+            indices.iter().find_map(|&i| {
+                list.iter()
+                    .find(|(j, _)| *j == i)
+                    .map(|(_, v)| (i, *v, name.clone()))
+            })
+        })
+    }
+
     /// The names of the configured sources, for the report.
     pub fn describe(&self) -> Vec<String> {
         let mut v = Vec::new();
         if !self.explicit.is_empty() {
             v.push("explicit".to_owned());
+        }
+        if let Some((n, _)) = &self.sysfs {
+            v.push(n.clone());
         }
         if let Some((n, _)) = &self.profile {
             v.push(n.clone());
@@ -196,6 +259,30 @@ impl HostSources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sysfs_ppin_is_read_and_its_absence_or_privilege_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let topo = dir.path().join("devices/system/cpu/cpu0/topology");
+        std::fs::create_dir_all(&topo).unwrap();
+        let idx = [MsrIndex::new(0x4f), MsrIndex::new(0xc00102f1)];
+        let e = HostSources::default()
+            .with_sysfs_ppin(dir.path(), 0, &idx)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("found no PPIN"), "{e}");
+        std::fs::write(topo.join("ppin"), "0x1122334455667788\n").unwrap();
+        let h = HostSources::default()
+            .with_sysfs_ppin(dir.path(), 0, &idx)
+            .unwrap();
+        let (_, v, source) = h.supplied_value(&idx[1..]).unwrap();
+        assert_eq!((v, source.as_str()), (0x1122_3344_5566_7788, "sysfs:cpu0"));
+        std::fs::write(topo.join("ppin"), "garbage").unwrap();
+        assert!(HostSources::default()
+            .with_sysfs_ppin(dir.path(), 0, &idx)
+            .is_err());
+    }
 
     #[test]
     fn explicit_beats_profile_and_errors_are_named() {
@@ -227,6 +314,12 @@ mod tests {
         assert!(HostSources::default()
             .with_explicit(&["MSR_PPIN=zz".into()], &c)
             .is_err());
+        // The supplied value never comes from this machine's MSRs.
+        assert_eq!(
+            h.supplied_value(&[MsrIndex::new(0x4f)])
+                .map(|(_, v, s)| (v, s)),
+            Some((0x10, "explicit".to_owned()))
+        );
         std::fs::write(&p, "garbage = [").unwrap();
         assert!(HostSources::default().with_profile(&p, &c).is_err());
     }

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::backend::Backend;
+use crate::feature::Announce;
 use crate::feature::FeatureSpec;
 use crate::host::HostSources;
 use crate::probe::{probe_bare, ProbeRequest};
@@ -68,15 +69,21 @@ pub struct Job {
     pub backend: Backend,
     /// vCPUs.
     pub vcpus: u8,
+    /// Which PPIN pair the guest's CPUID announces (`vendor` unless the job names one).
+    pub pair: Announce,
 }
 
 impl Job {
     /// The job as written, used as its frame's stream name.
     pub fn name(&self) -> String {
-        format!(
+        let base = format!(
             "{}:{}:{}:{}",
             self.kind, self.subject, self.backend, self.vcpus
-        )
+        );
+        match self.pair {
+            Announce::Vendor => base,
+            p => format!("{base}:{p}"),
+        }
     }
 }
 
@@ -87,10 +94,14 @@ pub fn parse_jobs(text: &str) -> Result<Vec<Job>, String> {
         .filter(|s| !s.is_empty())
         .map(|j| {
             let f: Vec<&str> = j.split(':').collect();
-            let [kind, subject, backend, vcpus] = f[..] else {
-                return Err(format!(
-                    "lab job `{j}`: expected KIND:SUBJECT:BACKEND:VCPUS"
-                ));
+            let (kind, subject, backend, vcpus, pair) = match f[..] {
+                [k, s, b, v] => (k, s, b, v, "vendor"),
+                [k, s, b, v, p] => (k, s, b, v, p),
+                _ => {
+                    return Err(format!(
+                        "lab job `{j}`: expected KIND:SUBJECT:BACKEND:VCPUS[:PAIR]"
+                    ))
+                }
             };
             if !matches!(
                 kind,
@@ -112,6 +123,7 @@ pub fn parse_jobs(text: &str) -> Result<Vec<Job>, String> {
                     .ok()
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| format!("lab job `{j}`: bad vCPU count"))?,
+                pair: pair.parse().map_err(|e| format!("lab job `{j}`: {e}"))?,
             })
         })
         .collect()
@@ -238,6 +250,7 @@ fn run_job_untimed(
                 &scenario,
                 job.backend,
                 job.vcpus,
+                job.pair,
                 &paths.kvm,
                 catalog,
                 limits,
@@ -271,6 +284,7 @@ fn run_job_untimed(
                         kvm_path: paths.kvm.clone(),
                         feature: Some(&spec),
                         backend: job.backend,
+                        announce: job.pair,
                         vcpus: job.vcpus,
                         msrs: spec.msrs(),
                         host: &host,
@@ -289,6 +303,7 @@ fn run_job_untimed(
                         initramfs: paths.guest_initramfs.clone(),
                         feature: Some(&spec),
                         backend: job.backend,
+                        announce: job.pair,
                         vcpus: job.vcpus,
                         msrs: (kind == "verify").then(|| spec.msrs()),
                         host: &host,
@@ -355,6 +370,7 @@ fn cost(
             kvm_path: paths.kvm.clone(),
             feature: Some(spec),
             backend: job.backend,
+            announce: job.pair,
             vcpus: job.vcpus,
             msrs: vec![msr; COST_READS],
             host,
@@ -614,8 +630,16 @@ pub fn judge_qemu_run(
         .map_err(|e| no_report(format!("report is not a msr-probe report: {e}")))?;
     validate(&guest, job.vcpus, msrs).map_err(&no_report)?;
     let vendor = vendor_named(&guest.fingerprint.cpu_vendor);
-    let inputs = model_inputs(spec, job.backend, vendor, host, spec.capability.args, &[])
-        .map_err(|e| e.to_string())?;
+    let inputs = model_inputs(
+        spec,
+        job.backend,
+        vendor,
+        job.pair,
+        host,
+        spec.capability.args,
+        &[],
+    )
+    .map_err(|e| e.to_string())?;
     let (readings, kernel_ppin) = judge_guest(
         &guest,
         Some(spec),

@@ -45,6 +45,7 @@ fn vmm_failure(e: VmmError) -> Failure {
             ..
         } => exit::CAP_REFUSED,
         VmmError::Request(_) => exit::USAGE,
+        VmmError::Initial(_) => exit::INPUT,
         _ => exit::VMM,
     };
     fail(code, e)
@@ -132,10 +133,26 @@ fn feature(o: &Options, catalog: &Catalog) -> Result<FeatureSpec, Failure> {
     })
 }
 
-fn host_sources(o: &Options, catalog: &Catalog) -> Result<HostSources, Failure> {
+fn host_sources(
+    o: &Options,
+    catalog: &Catalog,
+    spec: &FeatureSpec,
+) -> Result<HostSources, Failure> {
     let mut h = HostSources::default()
         .with_explicit(&o.host_values, catalog)
         .map_err(|e| fail(exit::USAGE, e))?;
+    if o.host_ppin {
+        let values: Vec<MsrIndex> = spec.pairs.iter().map(|p| p.value).collect();
+        if values.is_empty() {
+            return Err(fail(
+                exit::USAGE,
+                format!("--host-ppin: feature {} has no PPIN", spec.name),
+            ));
+        }
+        h = h
+            .with_sysfs_ppin(std::path::Path::new("/sys"), 0, &values)
+            .map_err(|e| fail(exit::INPUT, e))?;
+    }
     if let Some(p) = &o.host_profile {
         h = h
             .with_profile(p, catalog)
@@ -254,7 +271,7 @@ fn cmd_probe(o: &Options) -> Result<bool, Failure> {
     let spec = feature(o, &catalog)?;
 
     let msrs = probe_msrs(o, &catalog, &spec)?;
-    let host = host_sources(o, &catalog)?;
+    let host = host_sources(o, &catalog, &spec)?;
 
     let open = open
         .join()
@@ -266,6 +283,7 @@ fn cmd_probe(o: &Options) -> Result<bool, Failure> {
             kvm_path: o.kvm.clone(),
             feature: Some(&spec),
             backend: o.backend.unwrap_or(kvmcap::backend::Backend::None),
+            announce: o.pair,
             vcpus: o.vcpus,
             msrs,
             host: &host,
@@ -291,7 +309,7 @@ fn cmd_run(o: &Options) -> Result<bool, Failure> {
     let mut reports = Vec::new();
     let mut table = String::new();
     for b in backends {
-        match run_scenario(&scenario, b, o.vcpus, &o.kvm, &catalog, o.limits) {
+        match run_scenario(&scenario, b, o.vcpus, o.pair, &o.kvm, &catalog, o.limits) {
             Ok(r) => {
                 table.push_str(&r.table());
                 reports.push(r);
@@ -342,7 +360,7 @@ fn cmd_verify(o: &Options) -> Result<bool, Failure> {
     for m in &o.msrs {
         msrs.push(catalog.resolve(m).map_err(|e| fail(exit::USAGE, e))?);
     }
-    let host = host_sources(o, &catalog)?;
+    let host = host_sources(o, &catalog, &spec)?;
     let initramfs = o.initramfs.clone().unwrap_or_else(default_initramfs);
     if !initramfs.exists() {
         return Err(fail(
@@ -357,6 +375,7 @@ fn cmd_verify(o: &Options) -> Result<bool, Failure> {
             initramfs,
             feature: Some(&spec),
             backend: o.backend.unwrap_or(kvmcap::backend::Backend::None),
+            announce: o.pair,
             vcpus: o.vcpus,
             msrs: (!msrs.is_empty()).then_some(msrs),
             host: &host,

@@ -21,6 +21,8 @@ pub struct ProbeRequest<'a> {
     pub feature: Option<&'a FeatureSpec>,
     /// The backend.
     pub backend: Backend,
+    /// Which of the feature's pairs the guest's CPUID announces.
+    pub announce: crate::feature::Announce,
     /// vCPU count.
     pub vcpus: u8,
     /// The MSRs to read, in order.
@@ -176,13 +178,14 @@ pub fn probe_bare_on(
             host: req.host,
             cap_args: None,
             initial: Vec::new(),
+            announce: req.announce,
             limits: req.limits,
             irqchip: req.irqchip,
             timed: req.timed,
         },
     )?;
     let mut oracle = match (req.feature, &outcome.model_inputs) {
-        (Some(f), Some(inputs)) => Some(build_model(f, inputs)),
+        (Some(f), Some(inputs)) => build_model(f, inputs).ok(),
         _ => None,
     };
     let mut readings = Vec::new();

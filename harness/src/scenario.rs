@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{build_model, Backend};
 use crate::bare::MsrOp;
-use crate::feature::{FeatureError, FeatureSpec};
+use crate::feature::{Announce, FeatureError, FeatureSpec, Scope};
 use crate::host::HostSources;
 use crate::kvm::KvmSystem;
 use crate::probe::guest_reading;
@@ -106,6 +106,10 @@ struct RawScenario {
 struct RawCase {
     name: String,
     #[serde(default)]
+    rules: Vec<String>,
+    #[serde(default)]
+    pair: Option<String>,
+    #[serde(default)]
     initial: BTreeMap<String, u64>,
     #[serde(default)]
     args: Option<Vec<u64>>,
@@ -129,6 +133,8 @@ struct RawStep {
     expect: Option<toml::Value>,
     #[serde(default)]
     crash: Option<String>,
+    #[serde(default)]
+    cpu: Option<u8>,
 }
 
 /// What a step must give.
@@ -183,11 +189,24 @@ pub enum Step {
     Spin,
 }
 
+/// One step and the vCPU that runs it (`None`: every vCPU, in a case of reads only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlacedStep {
+    /// The vCPU, if the scenario names one.
+    pub cpu: Option<u8>,
+    /// The step.
+    pub step: Step,
+}
+
 /// One case.
 #[derive(Clone, Debug, Serialize)]
 pub struct Case {
     /// Its name.
     pub name: String,
+    /// The feature rules it checks (ids from the feature file).
+    pub rules: Vec<String>,
+    /// Which pairs the guest's CPUID announces in this case, overriding the run's.
+    pub announce: Option<Announce>,
     /// MSR state before the guest runs.
     pub initial: Vec<(Target, u64)>,
     /// Enable arguments overriding the feature's.
@@ -196,8 +215,26 @@ pub struct Case {
     pub expect_end: String,
     /// The deadline.
     pub deadline: Option<Duration>,
-    /// The steps.
-    pub steps: Vec<Step>,
+    /// The steps, in the order they run (across vCPUs too).
+    pub steps: Vec<PlacedStep>,
+}
+
+impl Case {
+    /// Whether the steps run on every vCPU (no step names one, all are reads).
+    pub fn on_every_vcpu(&self) -> bool {
+        self.steps
+            .iter()
+            .all(|s| s.cpu.is_none() && matches!(s.step, Step::Read { .. }))
+    }
+
+    /// The vCPUs the case needs.
+    pub fn vcpus_needed(&self) -> u8 {
+        self.steps
+            .iter()
+            .filter_map(|s| s.cpu)
+            .max()
+            .map_or(1, |c| c.saturating_add(1))
+    }
 }
 
 /// A validated scenario.
@@ -328,8 +365,43 @@ impl Scenario {
                         ))
                     }
                 };
-                steps.push(step);
+                steps.push(PlacedStep { cpu: s.cpu, step });
             }
+            let feature_msrs = feature.msrs();
+            let touches_feature = steps.iter().any(|s| match &s.step {
+                Step::Read { target, .. } | Step::Write { target, .. } => match target {
+                    Target::Ctl | Target::Value => true,
+                    Target::Msr(m) => feature_msrs.contains(m),
+                },
+                Step::TripleFault | Step::Spin => false,
+            });
+            if !feature.rules.is_empty() && touches_feature && c.rules.is_empty() {
+                return Err(invalid(
+                    &c.name,
+                    format!(
+                        "name the rules it checks: `rules = [...]` from feature {} ({})",
+                        feature.name,
+                        feature
+                            .rules
+                            .iter()
+                            .map(|r| r.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            for r in &c.rules {
+                if feature.rule(r).is_none() {
+                    return Err(invalid(
+                        &c.name,
+                        format!("rule `{r}` is not one of feature {}'s", feature.name),
+                    ));
+                }
+            }
+            let announce = match &c.pair {
+                None => None,
+                Some(p) => Some(p.parse::<Announce>().map_err(|e| invalid(&c.name, e))?),
+            };
             let mut initial = Vec::new();
             for (k, v) in &c.initial {
                 initial.push((target(k, catalog).map_err(|e| invalid(&c.name, e))?, *v));
@@ -344,14 +416,19 @@ impl Scenario {
                 Some(_) => return Err(invalid(&c.name, "args: at most 4".into())),
             };
             let expect_end = c.expect_end.clone().unwrap_or_else(|| "done".into());
-            if !matches!(expect_end.as_str(), "done" | "shutdown" | "timeout") {
+            if !matches!(
+                expect_end.as_str(),
+                "done" | "shutdown" | "timeout" | "refused"
+            ) {
                 return Err(invalid(
                     &c.name,
-                    format!("expect_end `{expect_end}`: done, shutdown or timeout"),
+                    format!("expect_end `{expect_end}`: done, shutdown, timeout or refused"),
                 ));
             }
             cases.push(Case {
                 name: c.name,
+                rules: c.rules,
+                announce,
                 initial,
                 args,
                 expect_end,
@@ -399,6 +476,13 @@ pub struct StepResult {
 pub struct CaseResult {
     /// The case.
     pub name: String,
+    /// The feature rules it checks.
+    pub rules: Vec<String>,
+    /// The pairs the guest's CPUID announced (`intel`, `amd`, `both`).
+    pub pair: String,
+    /// Why the case did not run (it needs more vCPUs than the run has).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     /// Negotiation outcome per capability.
     pub negotiation: Vec<String>,
     /// How each vCPU ended.
@@ -418,6 +502,8 @@ pub struct ScenarioReport {
     pub scenario: String,
     /// The backend.
     pub backend: Backend,
+    /// The pairs the guest's CPUID announced by default (`intel`, `amd`, `both`).
+    pub pair: String,
     /// The guest's CPU vendor.
     pub guest_vendor: CpuVendor,
     /// vCPU count.
@@ -433,15 +519,20 @@ impl ScenarioReport {
     /// value in a scenario is one the scenario or the VMM supplies).
     pub fn snapshot_view(&self) -> Vec<String> {
         let mut out = vec![format!(
-            "scenario {} backend {} vcpus {}",
-            self.scenario, self.backend, self.vcpus
+            "scenario {} backend {} pair {} vcpus {}",
+            self.scenario, self.backend, self.pair, self.vcpus
         )];
         for c in &self.cases {
-            out.push(format!(
-                "case {}: {}",
-                c.name,
-                if c.pass { "pass" } else { "FAIL" }
-            ));
+            let state = match (&c.skipped, c.pass) {
+                (Some(why), _) => format!("skipped ({why})"),
+                (None, true) => "pass".into(),
+                (None, false) => "FAIL".into(),
+            };
+            out.push(format!("case {} [{}]: {state}", c.name, c.rules.join(", ")));
+            if c.expect_end == "refused" {
+                out.extend(c.negotiation.iter().map(|n| format!("  {n}")));
+                continue;
+            }
             for s in &c.steps {
                 out.push(format!(
                     "  cpu{} {}: expected {} model {} seen {} {}",
@@ -472,14 +563,19 @@ impl ScenarioReport {
     /// The table people read.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "scenario {} (backend {}, {} vCPU(s), guest CPU {:?})\n",
-            self.scenario, self.backend, self.vcpus, self.guest_vendor
+            "scenario {} (backend {}, pair {}, {} vCPU(s), guest CPU {:?})\n",
+            self.scenario, self.backend, self.pair, self.vcpus, self.guest_vendor
         );
         for c in &self.cases {
+            if let Some(why) = &c.skipped {
+                out.push_str(&format!("case {} [skipped: {why}]\n", c.name));
+                continue;
+            }
             out.push_str(&format!(
-                "case {} [{}]  ({})\n",
+                "case {} [{}]  rules {}  ({})\n",
                 c.name,
                 if c.pass { "pass" } else { "FAIL" },
+                c.rules.join(", "),
                 c.negotiation.join("; ")
             ));
             for s in &c.steps {
@@ -520,11 +616,13 @@ fn end_matches(end: &VcpuEnd, want: &str) -> bool {
     }
 }
 
-/// Runs `scenario` with `backend` on `vcpus` vCPUs.
+/// Runs `scenario` with `backend` on `vcpus` vCPUs, the guest's CPUID announcing `announce`
+/// (a case may override it).
 pub fn run_scenario(
     scenario: &Scenario,
     backend: Backend,
     vcpus: u8,
+    announce: Announce,
     kvm_path: &Path,
     catalog: &Catalog,
     limits: Limits,
@@ -545,182 +643,321 @@ pub fn run_scenario(
     let host = HostSources::default()
         .with_explicit(&scenario.host, catalog)
         .map_err(|e| VmmError::Request(e.to_string()))?;
-    let f = &scenario.feature;
-    let resolve = |t: &Target| -> Result<MsrIndex, ScenarioError> {
-        match t {
-            Target::Msr(i) => Ok(*i),
-            Target::Ctl | Target::Value => {
-                let p = f.pair_for(vendor).ok_or_else(|| {
-                    VmmError::Request(format!(
-                        "feature {} has no MSR pair for a {vendor:?} guest",
-                        f.name
-                    ))
-                })?;
-                Ok(if *t == Target::Ctl { p.ctl } else { p.value })
-            }
-        }
-    };
     let mut cases = Vec::new();
     for case in &scenario.cases {
-        let mut initial = Vec::new();
-        for (t, v) in &case.initial {
-            initial.push((resolve(t)?, *v));
-        }
-        let mut ops = Vec::new();
-        for s in &case.steps {
-            ops.push(match s {
-                Step::Read { target, .. } => MsrOp::Read {
-                    index: resolve(target)?,
-                },
-                Step::Write { target, value, .. } => MsrOp::Write {
-                    index: resolve(target)?,
-                    value: *value,
-                },
-                Step::TripleFault => MsrOp::TripleFault,
-                Step::Spin => MsrOp::Spin,
-            });
-        }
-        let read_only = case.steps.iter().all(|s| matches!(s, Step::Read { .. }));
-        let per_cpu: Vec<Vec<MsrOp>> = (0..vcpus)
-            .map(|c| {
-                if c == 0 || read_only {
-                    ops.clone()
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        let args = case.args.unwrap_or(f.capability.args);
-        let mut case_limits = limits;
-        if let Some(d) = case.deadline {
-            case_limits.deadline = d;
-        }
-        let outcome = run_bare(&BareRequest {
-            kvm_path: kvm_path.to_owned(),
-            feature: Some(f),
+        cases.push(run_case(
+            scenario,
+            case,
             backend,
-            ops: per_cpu.clone(),
-            host: &host,
-            cap_args: case.args,
-            initial: initial.clone(),
-            limits: case_limits,
-            irqchip: false,
-            timed: false,
-        })?;
-        // The oracle: the feature model in the same starting state, fed the same steps.
-        let inputs = match &outcome.model_inputs {
-            Some(i) => i.clone(),
-            None => model_inputs(f, backend, vendor, &host, args, &initial)?,
-        };
-        let ppin_value = inputs.values.first().map(|(_, v)| *v);
-        let mut steps = Vec::new();
-        for (cpu, cpu_ops) in per_cpu.iter().enumerate() {
-            let mut model = build_model(f, &inputs);
-            for (i, v) in &initial {
-                if model.handles(*i) {
-                    model.restore(*i, *v).map_err(VmmError::Request)?;
-                }
-            }
-            for (i, (op, step)) in cpu_ops.iter().zip(&case.steps).enumerate() {
-                let (words, expect, predicted) = match (op, step) {
-                    (MsrOp::Read { index }, Step::Read { expect, .. }) => (
-                        format!("rdmsr {} ({})", index, catalog.name_of(*index)),
-                        expect,
-                        predict(
-                            model.handles(*index),
-                            || model.read(*index).map(Reading::Value),
-                            host.get(0, *index),
-                        ),
-                    ),
-                    (MsrOp::Write { index, value }, Step::Write { expect, .. }) => (
-                        format!("wrmsr {} ({}) {value:#x}", index, catalog.name_of(*index)),
-                        expect,
-                        predict(
-                            model.handles(*index),
-                            || model.write(*index, *value).map(|()| Reading::Value(*value)),
-                            None,
-                        ),
-                    ),
-                    _ => continue,
-                };
-                let index = op.index().unwrap_or(MsrIndex::new(0));
-                let expected = match expect {
-                    Expect::Value(v) => Reading::Value(*v),
-                    Expect::Gp => Reading::Fault(Fault::Gp),
-                    Expect::Ok => match op {
-                        MsrOp::Write { value, .. } => Reading::Value(*value),
-                        _ => Reading::Unavailable(msr_probe::Unavailable::Io(
-                            "`ok` is for writes".into(),
-                        )),
-                    },
-                    Expect::Host => {
-                        let is_ppin_value = f.pairs.iter().any(|p| p.value == index);
-                        match (is_ppin_value, ppin_value, host.get(0, index)) {
-                            (true, Some(v), _) => Reading::Value(v),
-                            (_, _, Some(h)) => h.reading,
-                            _ => Reading::Unavailable(msr_probe::Unavailable::Io(
-                                "no host value".into(),
-                            )),
-                        }
-                    }
-                };
-                let role = |t: &Target| match t {
-                    Target::Ctl => "ctl".to_owned(),
-                    Target::Value => "value".to_owned(),
-                    Target::Msr(m) => catalog.name_of(*m).to_owned(),
-                };
-                let what = match step {
-                    Step::Read { target, .. } => format!("rdmsr {}", role(target)),
-                    Step::Write { target, value, .. } => {
-                        format!("wrmsr {} {value:#x}", role(target))
-                    }
-                    Step::TripleFault | Step::Spin => continue,
-                };
-                let seen = guest_reading(&outcome, cpu, i, op);
-                let pass = seen == expected && predicted.as_ref().is_none_or(|m| *m == expected);
-                steps.push(StepResult {
-                    cpu: cpu as u32,
-                    what,
-                    step: words,
-                    expected,
-                    model: predicted.unwrap_or(Reading::Unavailable(msr_probe::Unavailable::Io(
-                        "not modelled".into(),
-                    ))),
-                    seen,
-                    pass,
-                });
-            }
-        }
-        let ends_ok = outcome.ends.iter().enumerate().all(|(cpu, e)| {
-            if cpu == 0 || read_only {
-                end_matches(e, &case.expect_end)
-            } else {
-                end_matches(e, "done") || end_matches(e, &case.expect_end)
-            }
-        });
-        let pass = ends_ok && steps.iter().all(|s| s.pass);
-        cases.push(CaseResult {
-            name: case.name.clone(),
-            negotiation: outcome
-                .negotiation
-                .iter()
-                .map(|s| format!("{}: {}", s.cap, s.enabled.as_deref().unwrap_or("checked")))
-                .collect(),
-            ends: outcome.ends,
-            expect_end: case.expect_end.clone(),
-            steps,
-            pass,
-        });
+            vcpus,
+            case.announce.unwrap_or(announce),
+            vendor,
+            &host,
+            kvm_path,
+            catalog,
+            limits,
+        )?);
     }
     let pass = cases.iter().all(|c| c.pass);
     Ok(ScenarioReport {
         scenario: scenario.name.clone(),
         backend,
+        pair: announce.label(vendor).to_owned(),
         guest_vendor: vendor,
         vcpus,
         cases,
         pass,
     })
+}
+
+/// Where each step runs: `(vCPU, step)` in execution order, and each vCPU's operations with
+/// the turn hand-overs that keep that order across vCPUs.
+struct Placement {
+    order: Vec<(u8, usize)>,
+    /// For each entry of `order`: its operation's index in that vCPU's list.
+    op_at: Vec<usize>,
+    per_cpu: Vec<Vec<MsrOp>>,
+}
+
+fn place(case: &Case, ops: &[MsrOp], vcpus: u8) -> Placement {
+    let order: Vec<(u8, usize)> = if case.on_every_vcpu() {
+        (0..vcpus)
+            .flat_map(|c| (0..ops.len()).map(move |i| (c, i)))
+            .collect()
+    } else {
+        case.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.cpu.unwrap_or(0), i))
+            .collect()
+    };
+    let sequenced = !case.on_every_vcpu() && order.iter().any(|(c, _)| *c != order[0].0);
+    let mut per_cpu: Vec<Vec<MsrOp>> = vec![Vec::new(); usize::from(vcpus)];
+    let mut op_at = Vec::with_capacity(order.len());
+    let mut turn = 0u32;
+    let mut current: Option<u8> = None;
+    for &(cpu, i) in &order {
+        if sequenced && current != Some(cpu) {
+            if let Some(prev) = current {
+                turn += 1;
+                per_cpu[usize::from(prev)].push(MsrOp::Pass(turn));
+            }
+            per_cpu[usize::from(cpu)].push(MsrOp::Wait(turn));
+            current = Some(cpu);
+        }
+        op_at.push(per_cpu[usize::from(cpu)].len());
+        per_cpu[usize::from(cpu)].push(ops[i]);
+    }
+    Placement {
+        order,
+        op_at,
+        per_cpu,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_case(
+    scenario: &Scenario,
+    case: &Case,
+    backend: Backend,
+    vcpus: u8,
+    announce: Announce,
+    vendor: CpuVendor,
+    host: &HostSources,
+    kvm_path: &Path,
+    catalog: &Catalog,
+    limits: Limits,
+) -> Result<CaseResult, ScenarioError> {
+    let f = &scenario.feature;
+    if case.vcpus_needed() > vcpus {
+        return Ok(CaseResult {
+            name: case.name.clone(),
+            rules: case.rules.clone(),
+            pair: announce.label(vendor).to_owned(),
+            skipped: Some(format!("needs {} vCPUs", case.vcpus_needed())),
+            negotiation: Vec::new(),
+            ends: Vec::new(),
+            expect_end: case.expect_end.clone(),
+            steps: Vec::new(),
+            pass: true,
+        });
+    }
+    // The roles `ctl` and `value` name the first announced pair.
+    let role_pair = announce
+        .vendors(vendor)
+        .into_iter()
+        .find_map(|v| f.pair_for(v));
+    let resolve = |t: &Target| -> Result<MsrIndex, ScenarioError> {
+        match (t, role_pair) {
+            (Target::Msr(i), _) => Ok(*i),
+            (Target::Ctl, Some(p)) => Ok(p.ctl),
+            (Target::Value, Some(p)) => Ok(p.value),
+            (_, None) => Err(VmmError::Request(format!(
+                "feature {} has no MSR pair for a {vendor:?} guest: choose one with --pair intel|amd",
+                f.name
+            ))
+            .into()),
+        }
+    };
+    let mut initial = Vec::new();
+    for (t, v) in &case.initial {
+        initial.push((resolve(t)?, *v));
+    }
+    let mut ops = Vec::new();
+    for s in &case.steps {
+        ops.push(match &s.step {
+            Step::Read { target, .. } => MsrOp::Read {
+                index: resolve(target)?,
+            },
+            Step::Write { target, value, .. } => MsrOp::Write {
+                index: resolve(target)?,
+                value: *value,
+            },
+            Step::TripleFault => MsrOp::TripleFault,
+            Step::Spin => MsrOp::Spin,
+        });
+    }
+    let placement = place(case, &ops, vcpus);
+    let args = case.args.unwrap_or(f.capability.args);
+    let mut case_limits = limits;
+    if let Some(d) = case.deadline {
+        case_limits.deadline = d;
+    }
+    let run = run_bare(&BareRequest {
+        kvm_path: kvm_path.to_owned(),
+        feature: Some(f),
+        backend,
+        ops: placement.per_cpu.clone(),
+        host,
+        cap_args: case.args,
+        initial: initial.clone(),
+        announce,
+        limits: case_limits,
+        irqchip: false,
+        timed: false,
+    });
+    // `expect_end = "refused"`: the capability's enable must be refused (for `user` by the
+    // feature's `accepts`, for `kernel` by KVM), and the message is the case's result.
+    let refusal = match &run {
+        Err(VmmError::Negotiation {
+            error: e @ crate::negotiate::NegotiationError::Refused { .. },
+            ..
+        }) => Some(e.to_string()),
+        _ => None,
+    };
+    if case.expect_end == "refused" || refusal.is_some() {
+        let pass = case.expect_end == "refused" && refusal.is_some();
+        if refusal.is_none() {
+            run?;
+        }
+        return Ok(CaseResult {
+            name: case.name.clone(),
+            rules: case.rules.clone(),
+            pair: announce.label(vendor).to_owned(),
+            skipped: None,
+            negotiation: vec![refusal.map_or_else(
+                || "KVM_ENABLE_CAP was not refused".to_owned(),
+                |m| format!("refused: {m}"),
+            )],
+            ends: Vec::new(),
+            expect_end: case.expect_end.clone(),
+            steps: Vec::new(),
+            pass,
+        });
+    }
+    let outcome = run?;
+    // The oracle: the feature model in the same starting state, fed the same steps in the
+    // same order; one model for a VM-scoped feature, one per vCPU otherwise.
+    let inputs = match &outcome.model_inputs {
+        Some(i) => i.clone(),
+        None => model_inputs(f, backend, vendor, announce, host, args, &initial)?,
+    };
+    let ppin_value = inputs
+        .writes
+        .iter()
+        .rev()
+        .find(|(i, _)| f.pairs.iter().any(|p| p.value == *i))
+        .map(|(_, v)| *v);
+    let base = build_model(f, &inputs).ok();
+    let mut models: Vec<_> = (0..vcpus)
+        .map(|_| base.as_ref().map(|m| m.boxed_clone()))
+        .collect();
+    let mut steps = Vec::new();
+    for (k, &(cpu, i)) in placement.order.iter().enumerate() {
+        let slot = if f.scope == Scope::Vm {
+            0
+        } else {
+            usize::from(cpu)
+        };
+        let model = &mut models[slot];
+        let op = &ops[i];
+        let placed = &case.steps[i];
+        let handled = |m: &Option<Box<dyn crate::backend::MsrModel>>, idx: MsrIndex| {
+            m.as_ref().is_some_and(|m| m.handles(idx))
+        };
+        let (words, expect, predicted) = match (op, &placed.step) {
+            (MsrOp::Read { index }, Step::Read { expect, .. }) => (
+                format!("rdmsr {} ({})", index, catalog.name_of(*index)),
+                expect,
+                predict(
+                    handled(model, *index),
+                    || model_op(model, |m| m.read(*index).map(Reading::Value)),
+                    host.get(0, *index),
+                ),
+            ),
+            (MsrOp::Write { index, value }, Step::Write { expect, .. }) => (
+                format!("wrmsr {} ({}) {value:#x}", index, catalog.name_of(*index)),
+                expect,
+                predict(
+                    handled(model, *index),
+                    || {
+                        model_op(model, |m| {
+                            m.write(*index, *value).map(|()| Reading::Value(*value))
+                        })
+                    },
+                    None,
+                ),
+            ),
+            _ => continue,
+        };
+        let index = op.index().unwrap_or(MsrIndex::new(0));
+        let expected = match expect {
+            Expect::Value(v) => Reading::Value(*v),
+            Expect::Gp => Reading::Fault(Fault::Gp),
+            Expect::Ok => match op {
+                MsrOp::Write { value, .. } => Reading::Value(*value),
+                _ => Reading::Unavailable(msr_probe::Unavailable::Io("`ok` is for writes".into())),
+            },
+            Expect::Host => {
+                let is_ppin_value = f.pairs.iter().any(|p| p.value == index);
+                match (is_ppin_value, ppin_value, host.get(0, index)) {
+                    (true, Some(v), _) => Reading::Value(v),
+                    (_, _, Some(h)) => h.reading,
+                    _ => Reading::Unavailable(msr_probe::Unavailable::Io("no host value".into())),
+                }
+            }
+        };
+        let role = |t: &Target| match t {
+            Target::Ctl => "ctl".to_owned(),
+            Target::Value => "value".to_owned(),
+            Target::Msr(m) => catalog.name_of(*m).to_owned(),
+        };
+        let what = match &placed.step {
+            Step::Read { target, .. } => format!("rdmsr {}", role(target)),
+            Step::Write { target, value, .. } => format!("wrmsr {} {value:#x}", role(target)),
+            Step::TripleFault | Step::Spin => continue,
+        };
+        let seen = guest_reading(&outcome, usize::from(cpu), placement.op_at[k], op);
+        let pass = seen == expected && predicted.as_ref().is_none_or(|m| *m == expected);
+        steps.push(StepResult {
+            cpu: u32::from(cpu),
+            what,
+            step: words,
+            expected,
+            model: predicted.unwrap_or(Reading::Unavailable(msr_probe::Unavailable::Io(
+                "not modelled".into(),
+            ))),
+            seen,
+            pass,
+        });
+    }
+    // A vCPU that runs steps must end as the case says; an idle one may finish or be stopped.
+    let ends_ok = outcome.ends.iter().enumerate().all(|(cpu, e)| {
+        let busy = placement.per_cpu[cpu]
+            .iter()
+            .any(|op| !matches!(op, MsrOp::Wait(_) | MsrOp::Pass(_)));
+        if busy {
+            end_matches(e, &case.expect_end)
+        } else {
+            end_matches(e, "done") || end_matches(e, &case.expect_end)
+        }
+    });
+    let pass = ends_ok && steps.iter().all(|s| s.pass);
+    Ok(CaseResult {
+        name: case.name.clone(),
+        rules: case.rules.clone(),
+        pair: announce.label(vendor).to_owned(),
+        skipped: None,
+        negotiation: outcome
+            .negotiation
+            .iter()
+            .map(|s| format!("{}: {}", s.cap, s.enabled.as_deref().unwrap_or("checked")))
+            .collect(),
+        ends: outcome.ends,
+        expect_end: case.expect_end.clone(),
+        steps,
+        pass,
+    })
+}
+
+fn model_op(
+    model: &mut Option<Box<dyn crate::backend::MsrModel>>,
+    f: impl FnOnce(&mut dyn crate::backend::MsrModel) -> Result<Reading, Fault>,
+) -> Result<Reading, Fault> {
+    match model {
+        Some(m) => f(m.as_mut()),
+        None => Err(Fault::Gp),
+    }
 }
 
 /// The model's prediction for a step on one of its MSRs; other MSRs are predicted by the host

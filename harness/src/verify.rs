@@ -27,6 +27,8 @@ pub struct VerifyRequest<'a> {
     pub feature: Option<&'a FeatureSpec>,
     /// The backend.
     pub backend: Backend,
+    /// Which of the feature's pairs the guest's CPUID announces.
+    pub announce: crate::feature::Announce,
     /// vCPUs.
     pub vcpus: u8,
     /// MSRs to read; `None` = the whole catalog.
@@ -144,7 +146,7 @@ pub fn judge_guest(
 ) -> (Vec<Row>, Vec<KernelPpin>) {
     // The oracle: the model as the VMM set it up, then as the guest kernel's ppin_init() left it.
     let mut oracle = match (feature, inputs) {
-        (Some(f), Some(inputs)) => Some(build_model(f, inputs)),
+        (Some(f), Some(inputs)) => build_model(f, inputs).ok(),
         _ => None,
     };
     let mut expected_kernel_ppin = None;
@@ -207,6 +209,7 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
             host: req.host,
             cap_args: None,
             initial: &[],
+            announce: req.announce,
         },
         limits: req.limits,
         console_limit: req.console_limit,

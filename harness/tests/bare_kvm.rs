@@ -5,7 +5,7 @@ mod common;
 
 use kvmcap::backend::Backend;
 use kvmcap::compare::Verdict;
-use kvmcap::feature::FeatureSpec;
+use kvmcap::feature::{Announce, FeatureSpec};
 use kvmcap::host::HostSources;
 use kvmcap::negotiate::NegotiationError;
 use kvmcap::probe::{probe_bare, ProbeRequest};
@@ -30,6 +30,7 @@ fn probe_spec(
             kvm_path: kvm,
             feature: Some(spec),
             backend,
+            announce: Announce::Vendor,
             vcpus,
             msrs: spec.msrs(),
             host,
@@ -115,26 +116,79 @@ fn user_backend_without_a_ppin_value_is_a_clear_error() {
     assert!(e.to_string().contains("--host-value"), "{e}");
 }
 
-fn scenario(name: &str, backend: Backend, vcpus: u8) -> Option<kvmcap::scenario::ScenarioReport> {
+fn scenario_with(
+    name: &str,
+    backend: Backend,
+    vcpus: u8,
+    pair: Announce,
+) -> Option<kvmcap::scenario::ScenarioReport> {
     let kvm = common::kvm()?;
     let catalog = Catalog::builtin().unwrap();
     let s = Scenario::find(name, &catalog).unwrap();
-    Some(run_scenario(&s, backend, vcpus, &kvm, &catalog, Limits::default()).unwrap())
+    Some(run_scenario(&s, backend, vcpus, pair, &kvm, &catalog, Limits::default()).unwrap())
+}
+
+fn scenario(name: &str, backend: Backend, vcpus: u8) -> Option<kvmcap::scenario::ScenarioReport> {
+    scenario_with(name, backend, vcpus, Announce::Vendor)
 }
 
 #[test]
-fn ppin_ctl_states_with_the_user_backend() {
-    for vcpus in [1, 2] {
-        let Some(r) = scenario("ppin-ctl-states", Backend::User, vcpus) else {
-            return;
-        };
-        assert!(r.pass, "{}", r.table());
-        assert_eq!(r.cases.len(), 4);
-        insta::assert_yaml_snapshot!(
-            format!("scenario_ppin_ctl_states_user_{vcpus}vcpu"),
-            r.snapshot_view()
-        );
+fn ppin_ctl_states_with_the_user_backend_on_both_pairs() {
+    for pair in [Announce::Intel, Announce::Amd] {
+        for vcpus in [1, 2] {
+            let Some(r) = scenario_with("ppin-ctl-states", Backend::User, vcpus, pair) else {
+                return;
+            };
+            assert!(r.pass, "{}", r.table());
+            assert_eq!(r.cases.len(), 10);
+            // The cross-vCPU cases run only with two vCPUs.
+            let skipped = r.cases.iter().filter(|c| c.skipped.is_some()).count();
+            assert_eq!(skipped, if vcpus == 1 { 2 } else { 0 }, "{}", r.table());
+            insta::assert_yaml_snapshot!(
+                format!("scenario_ppin_ctl_states_user_{pair}_{vcpus}vcpu"),
+                r.snapshot_view()
+            );
+        }
     }
+}
+
+#[test]
+fn enable_arguments_are_refused_by_the_user_backend_as_by_kvm() {
+    let Some(r) = scenario("ppin-enable", Backend::User, 1) else {
+        return;
+    };
+    assert!(r.pass, "{}", r.table());
+    let refused = &r.cases[1].negotiation[0];
+    assert!(
+        refused.contains("KVM_CAP_PPIN") && refused.contains("EINVAL"),
+        "{refused}"
+    );
+    insta::assert_yaml_snapshot!("scenario_ppin_enable_user", r.snapshot_view());
+}
+
+#[test]
+fn an_unreachable_initial_state_is_refused_for_every_backend_alike() {
+    let Some(kvm) = common::kvm() else { return };
+    let catalog = Catalog::builtin().unwrap();
+    let text = "name='x'\nfeature='ppin'\nbackends=['user']\n[host]\nMSR_PPIN=1\n\
+                [[case]]\nname='c'\nrules=['host-access']\ninitial={ ctl = 3 }\n\
+                steps=[{ read = 'ctl', expect = 3 }]\n";
+    let s = Scenario::parse(text, "t.toml", &catalog).unwrap();
+    let e = run_scenario(
+        &s,
+        Backend::User,
+        1,
+        Announce::Amd,
+        &kvm,
+        &catalog,
+        Limits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("KVM_SET_MSRS 0xc00102f0 = 0x3 refused"),
+        "{e}"
+    );
 }
 
 #[test]

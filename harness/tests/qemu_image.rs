@@ -69,6 +69,7 @@ fn qemu_runs_the_image_and_agrees_on_the_feature_msrs() {
             kvm_path: kvm,
             feature: Some(&spec),
             backend: kvmcap::backend::Backend::None,
+            announce: kvmcap::feature::Announce::Vendor,
             vcpus: 2,
             msrs: msrs.clone(),
             host: &host,

@@ -14,21 +14,34 @@ use crate::{workspace_root, XtaskError};
 /// The selftest the series adds.
 pub const SELFTEST: &str = "ppin_test";
 
-/// The paired jobs: each runs with `kernel` and with `user`.
+/// The paired jobs: each runs with `kernel` and with `user`, once per vendor pair.
 pub const PAIRED: &[(&str, &str, u8)] = &[
     ("run", "ppin-ctl-states", 1),
     ("run", "ppin-ctl-states", 2),
+    ("run", "ppin-enable", 1),
     ("probe", "ppin", 2),
     ("verify", "ppin", 1),
     ("verify", "ppin", 2),
 ];
 
+/// The vendor pairs every paired job runs with: the guest's CPUID announces one of them. KVM
+/// gates the pairs on the guest's CPUID, so the lab's emulated AMD host runs the Intel
+/// handlers too.
+pub const PAIRS: &[&str] = &["intel", "amd"];
+
+/// A paired job's name.
+pub fn paired_job(kind: &str, subject: &str, backend: &str, vcpus: u8, pair: &str) -> String {
+    format!("{kind}:{subject}:{backend}:{vcpus}:{pair}")
+}
+
 /// Every lab job of a patch-boot-verify run.
 pub fn jobs() -> Vec<String> {
     let mut v = vec![format!("selftest:{SELFTEST}:kernel:1")];
-    for (kind, subject, vcpus) in PAIRED {
-        for backend in ["kernel", "user"] {
-            v.push(format!("{kind}:{subject}:{backend}:{vcpus}"));
+    for pair in PAIRS {
+        for (kind, subject, vcpus) in PAIRED {
+            for backend in ["kernel", "user"] {
+                v.push(paired_job(kind, subject, backend, *vcpus, pair));
+            }
         }
     }
     v.push("run:ppin-absent:none:2".into());
@@ -117,6 +130,8 @@ pub fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
 pub struct Check {
     /// What was checked.
     pub what: String,
+    /// The vendor pair the guest's CPUID announced (`-` where none applies).
+    pub pair: String,
     /// Whether it holds.
     pub pass: bool,
     /// The difference, if any.
@@ -147,9 +162,14 @@ fn outcome<'a>(run: &'a LabRun, job: &str) -> Result<&'a JobOutcome, String> {
 pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
     let mut checks = Vec::new();
     for job in jobs() {
+        let (what, pair) = match job.rsplit_once(':') {
+            Some((w, p)) if PAIRS.contains(&p) => (w.to_owned(), p.to_owned()),
+            _ => (job.clone(), "-".to_owned()),
+        };
         let c = match outcome(run, &job) {
             Ok(o) => Check {
-                what: job.clone(),
+                what,
+                pair,
                 pass: o.pass,
                 detail: if o.pass {
                     String::new()
@@ -158,7 +178,8 @@ pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
                 },
             },
             Err(e) => Check {
-                what: job.clone(),
+                what,
+                pair,
                 pass: false,
                 detail: e,
             },
@@ -166,13 +187,17 @@ pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
         checks.push(c);
     }
     let dir = expected_dir();
-    for (kind, subject, vcpus) in PAIRED {
-        let k = format!("{kind}:{subject}:kernel:{vcpus}");
-        let u = format!("{kind}:{subject}:user:{vcpus}");
+    for (pair, &(kind, subject, vcpus)) in PAIRS
+        .iter()
+        .flat_map(|p| PAIRED.iter().map(move |j| (*p, j)))
+    {
+        let k = paired_job(kind, subject, "kernel", vcpus, pair);
+        let u = paired_job(kind, subject, "user", vcpus, pair);
         let name = format!("{kind}:{subject}:*:{vcpus}");
         let (Ok(ko), Ok(uo)) = (outcome(run, &k), outcome(run, &u)) else {
             checks.push(Check {
                 what: format!("{name} kernel == user"),
+                pair: pair.to_owned(),
                 pass: false,
                 detail: "a report is missing".into(),
             });
@@ -182,12 +207,16 @@ pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
         let diff = first_difference(&kv, &uv, "");
         checks.push(Check {
             what: format!("{name} kernel == user"),
+            pair: pair.to_owned(),
             pass: diff.is_none(),
             detail: diff
                 .map(|d| format!("kernel vs user at {d}"))
                 .unwrap_or_default(),
         });
-        let path = dir.join(format!("{}.json", file_name(&name.replace('*', "any"))));
+        let path = dir.join(format!(
+            "{}_{pair}.json",
+            file_name(&name.replace('*', "any"))
+        ));
         if bless {
             std::fs::create_dir_all(&dir).map_err(|e| XtaskError::Output {
                 path: dir.clone(),
@@ -214,6 +243,7 @@ pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
         };
         checks.push(Check {
             what: format!("{name} == committed"),
+            pair: pair.to_owned(),
             pass,
             detail,
         });
@@ -251,14 +281,24 @@ fn summary_of_failure(report: &Value) -> String {
             {
                 if s.get("pass") == Some(&Value::Bool(false)) {
                     return format!(
-                        "case {}: cpu{} {}: expected {} seen {}",
+                        "case {}: cpu{} {}: expected {} model {} seen {}",
                         c["name"].as_str().unwrap_or("?"),
                         s["cpu"],
                         s["what"].as_str().unwrap_or("?"),
                         s["expected"],
+                        s["model"],
                         s["seen"]
                     );
                 }
+            }
+            if c.get("pass") == Some(&Value::Bool(false)) {
+                return format!(
+                    "case {}: {} (ends {}, expected {})",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["negotiation"],
+                    c["ends"],
+                    c["expect_end"]
+                );
             }
         }
     }
@@ -283,11 +323,12 @@ fn summary_of_failure(report: &Value) -> String {
 
 /// The summary table.
 pub fn table(checks: &[Check]) -> String {
-    let mut out = format!("{:<44} {:<6} DETAIL\n", "CHECK", "RESULT");
+    let mut out = format!("{:<44} {:<6} {:<6} DETAIL\n", "CHECK", "PAIR", "RESULT");
     for c in checks {
         out.push_str(&format!(
-            "{:<44} {:<6} {}\n",
+            "{:<44} {:<6} {:<6} {}\n",
             c.what,
+            c.pair,
             if c.pass { "pass" } else { "FAIL" },
             c.detail
         ));
@@ -333,9 +374,11 @@ mod tests {
     #[test]
     fn every_paired_job_has_both_backends() {
         let j = jobs();
-        for (kind, subject, vcpus) in PAIRED {
-            for b in ["kernel", "user"] {
-                assert!(j.contains(&format!("{kind}:{subject}:{b}:{vcpus}")));
+        for pair in PAIRS {
+            for (kind, subject, vcpus) in PAIRED {
+                for b in ["kernel", "user"] {
+                    assert!(j.contains(&paired_job(kind, subject, b, *vcpus, pair)));
+                }
             }
         }
     }

@@ -1,17 +1,20 @@
 //! Feature models: the semantics of a feature's MSRs, run in userspace.
 //!
 //! The `user` backend serves guest MSR exits from these models, and the same models predict
-//! what the guest must see with every backend: the userspace model is the oracle for the kernel
-//! patch (design.md).
+//! what the guest must see with every backend. The rules each model implements are the
+//! feature file's `[[rule]]`s, each tied to the manual sentence it rests on; the scenarios
+//! name the rule every case checks.
 
-use crate::feature::{FeatureSpec, ModelKind, PpinPair};
+use std::sync::{Arc, Mutex};
+
+use crate::feature::{FeatureSpec, ModelKind, PpinPair, Scope};
 use crate::vmm::cpuid::CpuVendor;
 use msr_probe::{Fault, MsrIndex};
 
-/// A feature's MSR semantics for one vCPU. Like KVM, kvmcap keeps MSR state per vCPU; the VMM
-/// starts every vCPU in the same state, so a guest sees one PPIN on all of them.
+/// A feature's MSR semantics. A model holds the state of one scope: a vCPU's (each vCPU gets
+/// its own copy) or the VM's (every vCPU shares one, as [`SharedModel`]).
 pub trait MsrModel: Send {
-    /// A copy in the same state (one per vCPU).
+    /// A copy in the same state.
     fn boxed_clone(&self) -> Box<dyn MsrModel>;
     /// Whether the model serves `index` (it is one of the feature's MSRs).
     fn handles(&self, index: MsrIndex) -> bool;
@@ -19,23 +22,51 @@ pub trait MsrModel: Send {
     fn read(&mut self, index: MsrIndex) -> Result<u64, Fault>;
     /// A guest `wrmsr`.
     fn write(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault>;
-    /// A host-initiated write (KVM_SET_MSRS-style restore): no guest rules, only validation.
+    /// A host-initiated write (`KVM_SET_MSRS`): no guest rules, only what KVM refuses from
+    /// the host too. `Err` says why it is refused.
     fn restore(&mut self, index: MsrIndex, value: u64) -> Result<(), String>;
 }
 
-/// PPIN per design.md: a PPIN_CTL and a value, seen through the pair the guest's CPUID
-/// announces; pairs not announced raise #GP.
+/// A model as the vCPUs use it: one per vCPU for vCPU-scoped features, one shared by every
+/// vCPU for VM-scoped ones (PPIN: one PPIN_CTL per package, and a VM is one package).
+pub type SharedModel = Arc<Mutex<Box<dyn MsrModel>>>;
+
+/// Runs `f` on the model behind `shared` (a poisoned lock still holds a usable model: the
+/// models never panic mid-update).
+pub fn with_model<T>(shared: &SharedModel, f: impl FnOnce(&mut dyn MsrModel) -> T) -> T {
+    let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.as_mut())
+}
+
+/// The handle vCPU `_cpu` uses: the same model for a VM-scoped feature, a copy otherwise.
+pub fn model_for_vcpu(shared: &SharedModel, scope: Scope) -> SharedModel {
+    match scope {
+        Scope::Vm => Arc::clone(shared),
+        Scope::Vcpu => Arc::new(Mutex::new(with_model(shared, |m| m.boxed_clone()))),
+    }
+}
+
+/// PPIN per the feature's rules (`fixtures/features/ppin.toml`): one PPIN_CTL and one PPIN,
+/// seen through every pair the guest's CPUID announces (the pairs alias one state); pairs not
+/// announced raise #GP, as does everything while the feature is off.
 #[derive(Clone, Debug)]
 pub struct PpinModel {
     pairs: Vec<(PpinPair, bool)>,
+    enabled: bool,
     ctl: u64,
     value: u64,
 }
 
 impl PpinModel {
-    /// A model in which `announced` says, per pair, whether its CPUID bit is set.
-    pub fn new(pairs: Vec<(PpinPair, bool)>, ctl: u64, value: u64) -> Self {
-        Self { pairs, ctl, value }
+    /// A model at RESET (PPIN_CTL 0, PPIN 0) in which `pairs` says, per pair, whether the
+    /// guest's CPUID announces it; `enabled` is whether the feature is on at all.
+    pub fn new(pairs: Vec<(PpinPair, bool)>, enabled: bool) -> Self {
+        Self {
+            pairs,
+            enabled,
+            ctl: 0,
+            value: 0,
+        }
     }
 
     fn pair(&self, index: MsrIndex) -> Option<&(PpinPair, bool)> {
@@ -56,7 +87,10 @@ impl MsrModel for PpinModel {
 
     fn read(&mut self, index: MsrIndex) -> Result<u64, Fault> {
         match self.pair(index) {
+            // rule cpuid-gate: a pair the CPUID does not announce does not exist.
+            Some((_, true)) if !self.enabled => Err(Fault::Gp),
             Some((p, true)) if p.ctl == index => Ok(self.ctl),
+            // rule ppin-read-needs-enable.
             Some((p, true)) if self.ctl & p.enable != 0 => Ok(self.value),
             _ => Err(Fault::Gp),
         }
@@ -64,24 +98,43 @@ impl MsrModel for PpinModel {
 
     fn write(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault> {
         match self.pair(index) {
-            Some((p, true)) if p.ctl == index => {
-                let reserved = !(p.lockout | p.enable);
-                if value & reserved != 0 || self.ctl & p.lockout != 0 {
+            Some((p, true)) if self.enabled && p.ctl == index => {
+                let both = p.lockout | p.enable;
+                // rule ctl-reserved-gp.
+                if value & !both != 0 {
+                    return Err(Fault::Gp);
+                }
+                // rule ctl-lockout-needs-enable-clear: 11b #GPs.
+                if value == both {
+                    return Err(Fault::Gp);
+                }
+                // rule ctl-locked-gp: after LockOut every write #GPs.
+                if self.ctl & p.lockout != 0 {
                     return Err(Fault::Gp);
                 }
                 self.ctl = value;
                 Ok(())
             }
-            // PPIN is read-only; unannounced pairs do not exist.
+            // rule ppin-read-only; unannounced pairs do not exist.
             _ => Err(Fault::Gp),
         }
     }
 
     fn restore(&mut self, index: MsrIndex, value: u64) -> Result<(), String> {
         match self.pair(index) {
+            Some(_) if !self.enabled && value != 0 => Err(format!(
+                "the feature is off: {index} accepts only 0 from the host"
+            )),
+            Some(_) if !self.enabled => Ok(()),
             Some((p, _)) if p.ctl == index => {
-                if value & !(p.lockout | p.enable) != 0 {
-                    return Err(format!("PPIN_CTL {index}: reserved bits in {value:#x}"));
+                let both = p.lockout | p.enable;
+                if value & !both != 0 {
+                    return Err(format!("reserved bits set in {value:#x}"));
+                }
+                if value == both {
+                    return Err(format!(
+                        "{value:#x} sets LockOut with Enable, a state PPIN_CTL cannot reach"
+                    ));
                 }
                 self.ctl = value;
                 Ok(())
@@ -138,112 +191,76 @@ impl MsrModel for KvmMsrModel {
     }
 }
 
-/// The inputs a model needs besides the spec.
-#[derive(Clone, Debug)]
+/// What the VMM establishes before the guest runs, the same for every backend: which pairs
+/// the guest's CPUID announces, whether the feature is on, and the host-initiated MSR writes
+/// in the order they are made (`KVM_SET_MSRS` for `kernel` and `none`, the model for `user`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelInputs {
-    /// The guest's CPU vendor (which PPIN pair its CPUID announces).
-    pub vendor: CpuVendor,
-    /// Whether the feature is on (backend user/kernel) at all.
+    /// The vendors whose PPIN pair the guest's CPUID announces (model ppin).
+    pub announced: Vec<CpuVendor>,
+    /// Whether the feature is on (backend user/kernel with enabling arguments).
     pub enabled: bool,
-    /// The enable arguments in force (kvm-msr: args[0] = 0 disables).
-    pub args: [u64; 4],
-    /// The PPIN value (model ppin) or per-MSR values (model kvm-msr).
-    pub values: Vec<(MsrIndex, u64)>,
-    /// The initial PPIN_CTL (model ppin).
-    pub initial_ctl: u64,
+    /// Host-initiated writes, in order.
+    pub writes: Vec<(MsrIndex, u64)>,
 }
 
-/// Builds the feature's model in the state the VMM establishes before the guest runs.
-pub fn build_model(spec: &FeatureSpec, inputs: &ModelInputs) -> Box<dyn MsrModel> {
-    match spec.model {
+/// A host-initiated write of the initial state was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the initial state cannot be set: KVM_SET_MSRS {msr} = {value:#x} refused")]
+pub struct InitialRefused {
+    /// The MSR.
+    pub msr: MsrIndex,
+    /// The value.
+    pub value: u64,
+    /// Why, where the refusing side says (the model does, KVM does not).
+    pub reason: Option<String>,
+}
+
+/// Builds the feature's model at RESET and applies the host-initiated writes it serves, in
+/// order: the state the VMM establishes before the guest runs.
+pub fn build_model(
+    spec: &FeatureSpec,
+    inputs: &ModelInputs,
+) -> Result<Box<dyn MsrModel>, InitialRefused> {
+    let mut model: Box<dyn MsrModel> = match spec.model {
         ModelKind::Ppin => {
-            let value = spec
-                .pairs
-                .iter()
-                .find_map(|p| inputs.values.iter().find(|(i, _)| *i == p.value))
-                .map_or(0, |(_, v)| *v);
             let pairs = spec
                 .pairs
                 .iter()
-                .map(|p| (p.clone(), inputs.enabled && p.vendor == inputs.vendor))
-                .collect();
-            Box::new(PpinModel::new(pairs, inputs.initial_ctl, value))
-        }
-        ModelKind::KvmMsr => {
-            let values = spec
-                .kvm_msrs
-                .iter()
-                .map(|k| {
-                    let v = inputs
-                        .values
-                        .iter()
-                        .find(|(i, _)| *i == k.msr)
-                        .map_or(k.default, |(_, v)| *v);
-                    (k.msr, v)
+                .map(|p| {
+                    (
+                        p.clone(),
+                        inputs.enabled && inputs.announced.contains(&p.vendor),
+                    )
                 })
                 .collect();
-            Box::new(KvmMsrModel::new(
-                values,
-                inputs.enabled && inputs.args[0] & 1 != 0,
-            ))
+            Box::new(PpinModel::new(pairs, inputs.enabled))
+        }
+        ModelKind::KvmMsr => Box::new(KvmMsrModel::new(
+            spec.kvm_msrs.iter().map(|k| (k.msr, k.default)).collect(),
+            inputs.enabled,
+        )),
+    };
+    for (msr, value) in &inputs.writes {
+        if model.handles(*msr) {
+            model
+                .restore(*msr, *value)
+                .map_err(|reason| InitialRefused {
+                    msr: *msr,
+                    value: *value,
+                    reason: Some(reason),
+                })?;
         }
     }
+    Ok(model)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use msr_probe::Catalog;
-
-    const CTL: MsrIndex = MsrIndex::new(0xc00102f0);
-    const PPIN: MsrIndex = MsrIndex::new(0xc00102f1);
-    const ICTL: MsrIndex = MsrIndex::new(0x4e);
-    const IPPIN: MsrIndex = MsrIndex::new(0x4f);
-
-    fn model(ctl: u64) -> Box<dyn MsrModel> {
-        let spec = FeatureSpec::find("ppin", &Catalog::builtin().unwrap()).unwrap();
-        build_model(
-            &spec,
-            &ModelInputs {
-                vendor: CpuVendor::Amd,
-                enabled: true,
-                args: [1, 0, 0, 0],
-                values: vec![(IPPIN, 0xabcd)],
-                initial_ctl: ctl,
-            },
-        )
-    }
-
-    #[test]
-    fn ppin_ctl_states() {
-        // Disabled, unlocked: PPIN #GP; enabling works, then PPIN reads.
-        let mut m = model(0b00);
-        assert_eq!(m.read(PPIN), Err(Fault::Gp));
-        assert_eq!(m.write(CTL, 0b10), Ok(()));
-        assert_eq!(m.read(PPIN), Ok(0xabcd));
-        // Reserved bits #GP.
-        assert_eq!(m.write(CTL, 0b110), Err(Fault::Gp));
-        // Locked: every write #GP, state kept.
-        assert_eq!(m.write(CTL, 0b11), Ok(()));
-        assert_eq!(m.write(CTL, 0b10), Err(Fault::Gp));
-        assert_eq!(m.read(CTL), Ok(0b11));
-        assert_eq!(m.read(PPIN), Ok(0xabcd));
-        // Locked and disabled: PPIN stays unreadable.
-        let mut m = model(0b01);
-        assert_eq!(m.read(PPIN), Err(Fault::Gp));
-        assert_eq!(m.write(CTL, 0b10), Err(Fault::Gp));
-        // PPIN is read-only in every state.
-        for ctl in 0..4 {
-            assert_eq!(model(ctl).write(PPIN, 1), Err(Fault::Gp));
-        }
-        // The other vendor's pair is not announced on an AMD guest.
-        let mut m = model(0b10);
-        assert_eq!(m.read(ICTL), Err(Fault::Gp));
-        assert_eq!(m.read(IPPIN), Err(Fault::Gp));
-        assert!(m.restore(CTL, 0x8).is_err());
-        assert_eq!(m.restore(PPIN, 7), Ok(()));
-        assert_eq!(m.read(PPIN), Ok(7));
-    }
+/// [`build_model`] as the vCPUs share it.
+pub fn build_shared(
+    spec: &FeatureSpec,
+    inputs: &ModelInputs,
+) -> Result<SharedModel, InitialRefused> {
+    Ok(Arc::new(Mutex::new(build_model(spec, inputs)?)))
 }
 
 /// What the guest kernel's `ppin_init()` (arch/x86/kernel/cpu/common.c) does on a CPU whose
@@ -267,32 +284,152 @@ pub fn simulate_ppin_init(model: &mut dyn MsrModel, pair: &PpinPair) -> Option<u
 }
 
 #[cfg(test)]
-mod ppin_init_tests {
+mod tests {
     use super::*;
     use msr_probe::Catalog;
 
+    const CTL: MsrIndex = MsrIndex::new(0xc00102f0);
+    const PPIN: MsrIndex = MsrIndex::new(0xc00102f1);
+    const ICTL: MsrIndex = MsrIndex::new(0x4e);
+    const IPPIN: MsrIndex = MsrIndex::new(0x4f);
+
+    fn spec() -> FeatureSpec {
+        FeatureSpec::find("ppin", &Catalog::builtin().unwrap()).unwrap()
+    }
+
+    fn model_with(announced: &[CpuVendor], ctl: u64) -> Box<dyn MsrModel> {
+        build_model(
+            &spec(),
+            &ModelInputs {
+                announced: announced.to_vec(),
+                enabled: true,
+                writes: vec![(PPIN, 0xabcd), (CTL, ctl)],
+            },
+        )
+        .unwrap()
+    }
+
+    fn model(ctl: u64) -> Box<dyn MsrModel> {
+        model_with(&[CpuVendor::Amd], ctl)
+    }
+
+    #[test]
+    fn lockout_only_with_enable_clear_and_final() {
+        // 00 -> 01 and 10 -> 01 lock PPIN off; 11b #GPs from every unlocked state.
+        for start in [0b00, 0b10] {
+            let mut m = model(start);
+            assert_eq!(m.write(CTL, 0b11), Err(Fault::Gp), "11b from {start:#b}");
+            assert_eq!(m.read(CTL), Ok(start));
+            assert_eq!(m.write(CTL, 0b01), Ok(()), "01b from {start:#b}");
+            assert_eq!(m.read(PPIN), Err(Fault::Gp));
+            // Every write after LockOut #GPs, the same value included.
+            for v in [0b00, 0b01, 0b10, 0b11, 0b100] {
+                assert_eq!(m.write(CTL, v), Err(Fault::Gp), "{v:#b} after LockOut");
+            }
+            assert_eq!(m.read(CTL), Ok(0b01));
+        }
+    }
+
+    #[test]
+    fn enable_gates_ppin_and_ppin_is_read_only() {
+        let mut m = model(0b00);
+        assert_eq!(m.read(PPIN), Err(Fault::Gp));
+        assert_eq!(m.write(CTL, 0b10), Ok(()));
+        assert_eq!(m.read(PPIN), Ok(0xabcd));
+        assert_eq!(m.write(CTL, 0b00), Ok(()));
+        assert_eq!(m.read(PPIN), Err(Fault::Gp));
+        for v in [0b100, 1 << 63, u64::MAX] {
+            assert_eq!(m.write(CTL, v), Err(Fault::Gp), "reserved {v:#x}");
+        }
+        for ctl in [0b00, 0b01, 0b10] {
+            assert_eq!(model(ctl).write(PPIN, 1), Err(Fault::Gp));
+        }
+    }
+
+    #[test]
+    fn pairs_alias_one_state_and_unannounced_pairs_fault() {
+        let mut m = model(0b10);
+        assert_eq!(m.read(ICTL), Err(Fault::Gp));
+        assert_eq!(m.read(IPPIN), Err(Fault::Gp));
+        let mut both = model_with(&[CpuVendor::Intel, CpuVendor::Amd], 0b10);
+        assert_eq!(both.write(ICTL, 0b01), Ok(()));
+        assert_eq!(both.read(CTL), Ok(0b01));
+        assert_eq!(both.write(CTL, 0b00), Err(Fault::Gp));
+        assert_eq!(both.restore(IPPIN, 7), Ok(()));
+        assert_eq!(both.read(PPIN), Err(Fault::Gp));
+    }
+
+    #[test]
+    fn host_writes_refuse_what_hardware_cannot_reach() {
+        let mut m = model(0b01);
+        assert!(m.restore(CTL, 0b100).is_err());
+        assert!(m.restore(CTL, 0b11).is_err());
+        assert_eq!(m.restore(CTL, 0b10), Ok(()), "host writes ignore LockOut");
+        assert_eq!(m.restore(PPIN, 7), Ok(()));
+        assert_eq!(m.read(PPIN), Ok(7));
+        let err = build_model(
+            &spec(),
+            &ModelInputs {
+                announced: vec![CpuVendor::Amd],
+                enabled: true,
+                writes: vec![(CTL, 0b11)],
+            },
+        )
+        .err()
+        .unwrap();
+        assert_eq!((err.msr, err.value), (CTL, 0b11));
+        // Off: the host may write only 0, as KVM's generic path allows.
+        let off = ModelInputs {
+            announced: vec![],
+            enabled: false,
+            writes: vec![(CTL, 0b10)],
+        };
+        assert!(build_model(&spec(), &off).is_err());
+    }
+
+    #[test]
+    fn vm_scope_shares_one_state() {
+        let shared = build_shared(
+            &spec(),
+            &ModelInputs {
+                announced: vec![CpuVendor::Amd],
+                enabled: true,
+                writes: vec![(CTL, 0b10)],
+            },
+        )
+        .unwrap();
+        let a = model_for_vcpu(&shared, Scope::Vm);
+        let b = model_for_vcpu(&shared, Scope::Vm);
+        assert_eq!(with_model(&a, |m| m.write(CTL, 0b01)), Ok(()));
+        assert_eq!(with_model(&b, |m| m.write(CTL, 0b10)), Err(Fault::Gp));
+        let c = model_for_vcpu(&shared, Scope::Vcpu);
+        assert_eq!(with_model(&c, |m| m.read(CTL)), Ok(0b01));
+    }
+
     #[test]
     fn ppin_init_enables_a_disabled_unlocked_ppin_and_respects_lockout() {
-        let spec = FeatureSpec::find("ppin", &Catalog::builtin().unwrap()).unwrap();
+        let spec = spec();
         let pair = spec.pair_for(CpuVendor::Amd).unwrap().clone();
         let run = |ctl: u64, enabled: bool| {
             let mut m = build_model(
                 &spec,
                 &ModelInputs {
-                    vendor: CpuVendor::Amd,
+                    announced: vec![CpuVendor::Amd],
                     enabled,
-                    args: [1, 0, 0, 0],
-                    values: vec![(pair.value, 0x77)],
-                    initial_ctl: ctl,
+                    writes: if enabled {
+                        vec![(pair.value, 0x77), (pair.ctl, ctl)]
+                    } else {
+                        vec![]
+                    },
                 },
-            );
+            )
+            .unwrap();
             let seen = simulate_ppin_init(m.as_mut(), &pair);
             (seen, m.read(pair.ctl).ok())
         };
         assert_eq!(run(0b00, true), (Some(0x77), Some(0b10)));
         assert_eq!(run(0b10, true), (Some(0x77), Some(0b10)));
         assert_eq!(run(0b01, true), (None, Some(0b01)));
-        assert_eq!(run(0b11, true), (Some(0x77), Some(0b11)));
         assert_eq!(run(0b10, false), (None, None));
     }
 }

@@ -27,6 +27,11 @@ pub const PROBE_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/probe.b
 pub const DONE_PORT: u16 = 0x510;
 /// The guest writes an unexpected exception's vector here, then halts.
 pub const FAULT_PORT: u16 = 0x511;
+/// The guest writes a turn number here and the VMM holds the vCPU until that turn comes:
+/// cross-vCPU steps run in the order a scenario gives them.
+pub const WAIT_PORT: u16 = 0x512;
+/// The guest writes the next turn number here when its segment of steps is done.
+pub const PASS_PORT: u16 = 0x513;
 /// QEMU's debug console (`-debugcon`), where a multiboot probe dumps its results.
 pub const DEBUGCON_PORT: u16 = 0xe9;
 /// QEMU's isa-debug-exit device, which a multiboot probe writes to end the VM.
@@ -86,6 +91,10 @@ pub enum MsrOp {
     TripleFault,
     /// Spin forever (tests the deadline).
     Spin,
+    /// Wait until the VM's turn is this one ([`WAIT_PORT`]).
+    Wait(u32),
+    /// Hand the VM's turn to this one ([`PASS_PORT`]).
+    Pass(u32),
 }
 
 impl MsrOp {
@@ -93,7 +102,7 @@ impl MsrOp {
     pub fn index(&self) -> Option<MsrIndex> {
         match self {
             Self::Read { index } | Self::Write { index, .. } => Some(*index),
-            Self::TripleFault | Self::Spin => None,
+            Self::TripleFault | Self::Spin | Self::Wait(_) | Self::Pass(_) => None,
         }
     }
 }
@@ -253,6 +262,8 @@ mod enc {
     pub const REP_OUTSB: [u8; 2] = [0xf3, 0x6e];
     /// `xor %eax, %eax`
     pub const XOR_EAX_EAX: [u8; 2] = [0x31, 0xc0];
+    /// `out %eax, (%dx)`
+    pub const OUT_DX_EAX: [u8; 1] = [0xef];
     /// `out %eax, (%dx)`, then `1: hlt; jmp 1b`
     pub const OUT_HLT_LOOP: [u8; 4] = [0xef, 0xf4, 0xeb, 0xfd];
 }
@@ -336,6 +347,18 @@ pub fn compile_ops_with(ops: &[MsrOp], timed: bool, epilogue: Epilogue) -> Vec<u
             MsrOp::Spin => {
                 e.movl(4, i as u32);
                 e.bytes(&enc::SPIN);
+                continue;
+            }
+            MsrOp::Wait(turn) | MsrOp::Pass(turn) => {
+                let port = if matches!(op, MsrOp::Wait(_)) {
+                    WAIT_PORT
+                } else {
+                    PASS_PORT
+                };
+                e.imm(enc::MOV_EAX_IMM, *turn);
+                e.bytes(&enc::MOV_DX_IMM);
+                e.bytes(&port.to_le_bytes());
+                e.bytes(&enc::OUT_DX_EAX);
                 continue;
             }
         };
@@ -497,6 +520,8 @@ pub fn parse_results(
             (STATUS_DONE, MsrOp::Read { .. }) => (OpResult::Read(value), cycles),
             (STATUS_DONE, MsrOp::Write { .. }) => (OpResult::Written, cycles),
             (STATUS_GP, MsrOp::Read { .. } | MsrOp::Write { .. }) => (OpResult::Fault, cycles),
+            // A turn the vCPU got past: its record is never written.
+            (STATUS_DONE, MsrOp::Wait(_) | MsrOp::Pass(_)) => (OpResult::Written, 0),
             (status, _) => {
                 return Err(ResultsError::BadStatus {
                     cpu,

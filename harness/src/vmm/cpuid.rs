@@ -68,6 +68,21 @@ fn reg_mut(e: &mut kvm_cpuid_entry2, r: Reg) -> &mut u32 {
     }
 }
 
+/// Raises the maximum leaf (leaf 0 or 0x80000000 EAX) and, for leaf 7, the maximum subleaf
+/// (7.0 EAX) so that a guest that walks CPUID finds `b`'s leaf (KVM's table may stop short
+/// of it: KVM emits 7.1 only where the host's 7.0 EAX is at least 1).
+fn announce_leaf(entries: &mut [kvm_cpuid_entry2], b: CpuidBit) {
+    let base = b.leaf & 0x8000_0000;
+    for e in entries.iter_mut() {
+        if e.function == base && e.eax < b.leaf {
+            e.eax = b.leaf;
+        }
+        if b.leaf == 7 && e.function == 7 && e.index == 0 && e.eax < b.subleaf {
+            e.eax = b.subleaf;
+        }
+    }
+}
+
 /// Sets or clears `bit` in `entries`, adding the leaf if KVM's table lacks it.
 pub fn set_bit(entries: &mut Vec<kvm_cpuid_entry2>, b: CpuidBit, on: bool) {
     let pos = entries.iter().position(|e| {
@@ -95,6 +110,7 @@ pub fn set_bit(entries: &mut Vec<kvm_cpuid_entry2>, b: CpuidBit, on: bool) {
     let mask = 1u32 << (b.bit & 31);
     if on {
         *r |= mask;
+        announce_leaf(entries, b);
     } else {
         *r &= !mask;
     }
@@ -144,10 +160,23 @@ mod tests {
 
     #[test]
     fn bits_are_set_added_and_cleared() {
-        let mut v = vec![kvm_cpuid_entry2 {
-            function: 0x8000_0008,
-            ..Default::default()
-        }];
+        let mut v = vec![
+            kvm_cpuid_entry2 {
+                function: 0x8000_0008,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0,
+                eax: 0xd,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                index: 0,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..Default::default()
+            },
+        ];
         let amd = CpuidBit {
             leaf: 0x8000_0008,
             subleaf: 0,
@@ -165,8 +194,10 @@ mod tests {
             bit: 0,
         };
         set_bit(&mut v, intel, true);
-        assert_eq!((v[1].function, v[1].index, v[1].ebx), (7, 1, 1));
-        assert_ne!(v[1].flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
+        assert_eq!((v[3].function, v[3].index, v[3].ebx), (7, 1, 1));
+        assert_ne!(v[3].flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
+        assert_eq!(v[2].eax, 1, "7.0 EAX announces subleaf 1");
+        assert_eq!(v[1].eax, 0xd, "leaf 0 already covers leaf 7");
         let absent = CpuidBit {
             leaf: 0x4000_0000,
             subleaf: 0,
@@ -174,6 +205,6 @@ mod tests {
             bit: 1,
         };
         set_bit(&mut v, absent, false);
-        assert_eq!(v.len(), 2);
+        assert_eq!(v.len(), 4);
     }
 }

@@ -9,13 +9,19 @@ use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, Vc
 use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::backend::model::ModelInputs;
-use crate::backend::{build_model, Backend, MsrModel};
-use crate::bare::{self, MsrOp, OpResult, ResultsError, DONE_PORT, FAULT_PORT};
-use crate::feature::{FeatureSpec, ModelKind};
+use crate::backend::model::{
+    build_shared, model_for_vcpu, with_model, InitialRefused, ModelInputs, SharedModel,
+};
+use crate::backend::Backend;
+use crate::bare::{
+    self, MsrOp, OpResult, ResultsError, DONE_PORT, FAULT_PORT, PASS_PORT, WAIT_PORT,
+};
+use crate::feature::{Announce, CapSpec, FeatureSpec, ModelKind, Scope};
 use crate::host::HostSources;
 use crate::kvm::{KvmError, KvmSystem, VmSetup};
-use crate::negotiate::{negotiate, CapRequest, NegotiationError, NegotiationStep};
+use crate::negotiate::{
+    enable_errno_meaning, negotiate, CapRequest, NegotiationError, NegotiationStep,
+};
 use crate::vmm::cpuid::{self, CpuVendor, CpuidBit};
 use crate::vmm::vcpu::{run_vcpus, ExitHandler, Flow, VcpuEnd};
 use msr_probe::{Fault, MsrIndex};
@@ -42,6 +48,10 @@ pub enum VmmError {
     /// the request is impossible
     #[error("{0}")]
     Request(String),
+    /// a host-initiated write of the initial MSR state was refused (the same for every
+    /// backend: KVM refused it, or the `user` model did as KVM would)
+    #[error(transparent)]
+    Initial(#[from] InitialRefused),
     /// a kernel or initramfs image is unusable
     #[error("{path}: {problem}")]
     Image {
@@ -96,6 +106,8 @@ pub struct BareRequest<'a> {
     pub cap_args: Option<[u64; 4]>,
     /// MSR state the VMM establishes before the guest runs (host-initiated writes).
     pub initial: Vec<(MsrIndex, u64)>,
+    /// Which of the feature's pairs the guest's CPUID announces.
+    pub announce: Announce,
     /// Limits.
     pub limits: Limits,
     /// Give the VM an in-kernel irqchip (local APICs, I/O APIC, PIC). The bare guest needs
@@ -133,8 +145,70 @@ pub struct BareOutcome {
 
 const MAX_STRAY: usize = 32;
 
+/// The VM's turn, for scenarios whose steps alternate between vCPUs: a vCPU that writes its
+/// turn number to [`WAIT_PORT`] is held (in userspace, not in KVM_RUN) until another vCPU
+/// hands that turn over on [`PASS_PORT`]. Guest input: a turn is only ever passed forward by
+/// one, and a wait ends at the run's deadline.
+#[derive(Default)]
+pub struct Turns {
+    state: std::sync::Mutex<TurnState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct TurnState {
+    turn: u32,
+    /// A vCPU ended abnormally: no turn it owes will come.
+    abandoned: bool,
+}
+
+impl Turns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds the caller until `turn` comes (`true`), or the deadline passes or the turn is
+    /// abandoned (`false`).
+    pub fn wait(&self, turn: u32, deadline: Instant) -> bool {
+        let mut st = self.lock();
+        loop {
+            if st.turn == turn {
+                return true;
+            }
+            let now = Instant::now();
+            if st.abandoned || now >= deadline {
+                return false;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Hands the VM's turn to `next` if it is the one after the current; `false` otherwise.
+    pub fn pass(&self, next: u32) -> bool {
+        let mut st = self.lock();
+        if st.turn.checked_add(1) != Some(next) {
+            return false;
+        }
+        st.turn = next;
+        self.changed.notify_all();
+        true
+    }
+
+    /// Wakes every waiter for good: a vCPU ended without passing its turns.
+    pub fn abandon(&self) {
+        self.lock().abandoned = true;
+        self.changed.notify_all();
+    }
+}
+
 struct BareHandler {
     model: Option<VcpuModel>,
+    turns: std::sync::Arc<Turns>,
+    deadline: Instant,
     stray: Vec<String>,
     /// Per-vCPU setup, done on the vCPU's thread ([`ExitHandler::before_run`]).
     setup: Option<BareSetup>,
@@ -191,9 +265,26 @@ impl ExitHandler for BareHandler {
     fn io_out(&mut self, port: u16, data: &[u8]) -> Flow {
         match port {
             DONE_PORT => Flow::End(VcpuEnd::Done { ops: le_u32(data) }),
-            FAULT_PORT => Flow::End(VcpuEnd::UnexpectedException {
-                vector: le_u32(data),
-            }),
+            FAULT_PORT => {
+                self.turns.abandon();
+                Flow::End(VcpuEnd::UnexpectedException {
+                    vector: le_u32(data),
+                })
+            }
+            WAIT_PORT => {
+                if self.turns.wait(le_u32(data), self.deadline) {
+                    Flow::Continue
+                } else {
+                    self.turns.abandon();
+                    Flow::End(VcpuEnd::Timeout)
+                }
+            }
+            PASS_PORT => {
+                if !self.turns.pass(le_u32(data)) {
+                    self.note(format!("turn {} passed out of order", le_u32(data)));
+                }
+                Flow::Continue
+            }
             _ => {
                 self.note(format!("out {port:#x} ({} bytes)", data.len()));
                 Flow::Continue
@@ -231,6 +322,8 @@ impl ExitHandler for BareHandler {
 pub fn fuzz_bare_io(exits: &[(u16, bool, Vec<u8>)]) -> (usize, Option<VcpuEnd>) {
     let mut handler = BareHandler {
         model: None,
+        turns: std::sync::Arc::default(),
+        deadline: Instant::now(),
         stray: Vec::new(),
         setup: None,
         setup_error: None,
@@ -296,64 +389,75 @@ pub fn cap_requests(
     }
 }
 
-/// The model inputs a backend establishes for `feature`, from the host sources.
+/// What the VMM establishes for `feature` before the guest runs, the same for every backend
+/// (design.md: `user` and `kernel` agree by construction): whether the feature is on, which
+/// pairs the guest's CPUID announces, and the host-initiated writes in order: the feature's
+/// own (the supplied PPIN, then the firmware PPIN_CTL; or KVM-served MSR values), then the
+/// case's `initial` entries. `kernel` and `none` make the writes with `KVM_SET_MSRS`, `user`
+/// feeds the ones its model serves to the model.
 pub fn model_inputs(
     feature: &FeatureSpec,
     backend: Backend,
     vendor: CpuVendor,
+    announce: Announce,
     host: &HostSources,
     args: [u64; 4],
     initial: &[(MsrIndex, u64)],
 ) -> Result<ModelInputs, VmmError> {
-    let enabled = backend != Backend::None;
-    let mut values = Vec::new();
-    let mut initial_ctl = feature.initial_ctl;
-    match feature.model {
-        ModelKind::Ppin => {
-            // The host's PPIN, under the guest vendor's index first, then any other.
-            let mut order: Vec<MsrIndex> = feature
-                .pair_for(vendor)
-                .map(|p| p.value)
-                .into_iter()
-                .collect();
-            order.extend(feature.pairs.iter().map(|p| p.value));
-            match host.first_value(&order) {
-                Some((_, v, _)) => values.push((order[0], v)),
-                None if enabled => {
-                    return Err(VmmError::Request(format!(
-                        "backend {backend} needs a PPIN value: give --host-value {}=0x..., a host profile, or run where /dev/cpu/N/msr can read it",
-                        feature.pair_for(vendor).map_or("MSR_PPIN".to_owned(), |p| p.value.to_string())
-                    )))
+    let enabled = backend != Backend::None && CapSpec::enables(&args);
+    let announced = if enabled {
+        announce.vendors(vendor)
+    } else {
+        Vec::new()
+    };
+    let mut writes = Vec::new();
+    if enabled {
+        match feature.model {
+            ModelKind::Ppin => {
+                let pair = announced
+                    .iter()
+                    .find_map(|v| feature.pair_for(*v))
+                    .ok_or_else(|| {
+                        VmmError::Request(format!(
+                            "feature {} has no MSR pair for a {vendor:?} guest: choose one with --pair intel|amd",
+                            feature.name
+                        ))
+                    })?;
+                // The value the VMM supplies: the user's, never this machine's MSRs unasked.
+                let mut order = vec![pair.value];
+                order.extend(feature.pairs.iter().map(|p| p.value));
+                let case_sets_value = initial.iter().any(|(i, _)| order.contains(i));
+                match host.supplied_value(&order) {
+                    Some((_, v, _)) => writes.push((pair.value, v)),
+                    None if case_sets_value => {}
+                    None => {
+                        return Err(VmmError::Request(format!(
+                            "backend {backend} needs a PPIN value for the guest: give --host-value {}=0x..., --host-ppin (root: this host's own, from sysfs) or a host profile",
+                            pair.value
+                        )))
+                    }
                 }
-                None => {}
+                writes.push((pair.ctl, feature.initial_ctl));
             }
-            for (i, v) in initial {
-                if feature.pairs.iter().any(|p| p.ctl == *i) {
-                    initial_ctl = *v;
-                }
-            }
-        }
-        ModelKind::KvmMsr => {
-            for k in &feature.kvm_msrs {
-                if let Some((_, v, _)) = host.first_value(&[k.msr]) {
-                    values.push((k.msr, v));
+            ModelKind::KvmMsr => {
+                for k in &feature.kvm_msrs {
+                    let v = host.first_value(&[k.msr]).map_or(k.default, |(_, v, _)| v);
+                    writes.push((k.msr, v));
                 }
             }
         }
     }
+    writes.extend_from_slice(initial);
     Ok(ModelInputs {
-        vendor,
+        announced,
         enabled,
-        args,
-        values,
-        initial_ctl,
+        writes,
     })
 }
 
 fn cpuid_bits(
     feature: Option<&FeatureSpec>,
-    backend: Backend,
-    vendor: CpuVendor,
+    announced: &[CpuVendor],
 ) -> (Vec<CpuidBit>, Vec<CpuidBit>) {
     let Some(f) = feature else {
         return (Vec::new(), Vec::new());
@@ -361,7 +465,7 @@ fn cpuid_bits(
     let mut on = Vec::new();
     let mut off = Vec::new();
     for p in &f.pairs {
-        if backend != Backend::None && p.vendor == vendor {
+        if announced.contains(&p.vendor) {
             on.push(p.cpuid);
         } else {
             off.push(p.cpuid);
@@ -393,12 +497,12 @@ fn set_msrs(vcpu: &VcpuFd, cpu: u8, values: &[(MsrIndex, u64)]) -> Result<(), Vm
         error: e.to_string(),
     })?;
     if n < values.len() {
-        let (i, v) = values[n];
-        return Err(VmmError::Vcpu {
-            cpu,
-            what: format!("KVM_SET_MSRS({i} = {v:#x})"),
-            error: "KVM refused the value".into(),
-        });
+        let (msr, value) = values[n];
+        return Err(VmmError::Initial(InitialRefused {
+            msr,
+            value,
+            reason: None,
+        }));
     }
     Ok(())
 }
@@ -411,8 +515,8 @@ fn vcpu_err(cpu: u8, what: &str) -> impl Fn(vmm_sys_util::errno::Error) -> VmmEr
     }
 }
 
-/// A feature's model, one per vCPU.
-pub type VcpuModel = Box<dyn MsrModel>;
+/// A feature's model as one vCPU uses it (shared by every vCPU for a VM-scoped feature).
+pub type VcpuModel = SharedModel;
 
 /// How a feature is put into a VM, for any guest.
 #[derive(Clone, Copy)]
@@ -427,6 +531,8 @@ pub struct FeatureRun<'a> {
     pub cap_args: Option<[u64; 4]>,
     /// MSR state the VMM establishes before the guest runs (host-initiated writes).
     pub initial: &'a [(MsrIndex, u64)],
+    /// Which of the feature's pairs the guest's CPUID announces.
+    pub announce: Announce,
 }
 
 /// A VM with its capabilities negotiated and its feature wired, before any vCPU exists.
@@ -447,11 +553,14 @@ pub struct VmContext {
     pub vendor: CpuVendor,
     /// What negotiation did.
     pub negotiation: Vec<NegotiationStep>,
-    /// The user backend's model in its starting state (each vCPU gets a copy).
-    pub model: Option<VcpuModel>,
+    /// The user backend's model in its starting state.
+    pub model: Option<SharedModel>,
+    /// Where the feature's state lives (whether vCPUs share the model).
+    pub scope: Scope,
     /// The model inputs in force (the oracle's starting state).
     pub inputs: Option<ModelInputs>,
-    /// MSR values KVM serves (kernel backend), set on every vCPU.
+    /// Host-initiated writes KVM receives (`KVM_SET_MSRS` on every vCPU, in order): all of
+    /// the initial state for `kernel` and `none`, what the model does not serve for `user`.
     pub kvm_values: Vec<(MsrIndex, u64)>,
     on: Vec<CpuidBit>,
     off: Vec<CpuidBit>,
@@ -509,29 +618,44 @@ pub fn prepare_on(open: OpenVm, run: FeatureRun<'_>) -> Result<Prepared, VmmErro
         .cap_args
         .or(run.feature.map(|f| f.capability.args))
         .unwrap_or([0; 4]);
+    // The user backend emulates the capability's enable too: it refuses what KVM refuses,
+    // with the same error.
+    if let (Backend::User, Some(f)) = (run.backend, run.feature) {
+        if f.capability.refused_arg(&args).is_some() {
+            return Err(VmmError::Negotiation {
+                steps: Vec::new(),
+                error: NegotiationError::Refused {
+                    cap: f.capability.name.clone(),
+                    number: f.capability.number,
+                    args,
+                    reason: enable_errno_meaning(libc::EINVAL).to_owned(),
+                },
+            });
+        }
+    }
+    let requests = cap_requests(run.feature, run.backend, run.cap_args);
+    let negotiation = negotiate(&kvm, &vm, &requests)
+        .map_err(|(steps, error)| VmmError::Negotiation { steps, error })?;
+
     let inputs = match run.feature {
         Some(f) => Some(model_inputs(
             f,
             run.backend,
             vendor,
+            run.announce,
             run.host,
             args,
             run.initial,
         )?),
         None => None,
     };
-    let requests = cap_requests(run.feature, run.backend, run.cap_args);
-    let negotiation = negotiate(&kvm, &vm, &requests)
-        .map_err(|(steps, error)| VmmError::Negotiation { steps, error })?;
-
-    let model: Option<VcpuModel> = match (run.backend, run.feature, &inputs) {
+    let mut kvm_values: Vec<(MsrIndex, u64)> = inputs
+        .as_ref()
+        .map_or_else(|| run.initial.to_vec(), |i| i.writes.clone());
+    let model: Option<SharedModel> = match (run.backend, run.feature, &inputs) {
         (Backend::User, Some(f), Some(inp)) => {
-            let mut m = build_model(f, inp);
-            for (i, v) in run.initial {
-                if m.handles(*i) {
-                    m.restore(*i, *v).map_err(VmmError::Request)?;
-                }
-            }
+            let m = build_shared(f, inp)?;
+            kvm_values.retain(|(i, _)| !with_model(&m, |m| m.handles(*i)));
             let bitmap = [0u8; 1];
             let msrs = f.msrs();
             if msrs.len() > kvm_bindings::KVM_MSR_FILTER_MAX_RANGES as usize {
@@ -559,36 +683,8 @@ pub fn prepare_on(open: OpenVm, run: FeatureRun<'_>) -> Result<Prepared, VmmErro
         }
         _ => None,
     };
-    // Values KVM serves for the kernel backend, set host-initiated before the guest runs.
-    let mut kvm_values: Vec<(MsrIndex, u64)> = Vec::new();
-    if let (Backend::Kernel, Some(f), Some(inp)) = (run.backend, run.feature, &inputs) {
-        match f.model {
-            ModelKind::KvmMsr => {
-                for k in &f.kvm_msrs {
-                    let v = inp
-                        .values
-                        .iter()
-                        .find(|(i, _)| *i == k.msr)
-                        .map_or(k.default, |(_, v)| *v);
-                    kvm_values.push((k.msr, v));
-                }
-            }
-            ModelKind::Ppin => {
-                if let Some(p) = f.pair_for(vendor) {
-                    if let Some((_, v)) = inp.values.first() {
-                        kvm_values.push((p.value, *v));
-                    }
-                    kvm_values.push((p.ctl, inp.initial_ctl));
-                }
-            }
-        }
-        for (i, v) in run.initial {
-            if !kvm_values.iter().any(|(k, _)| k == i) {
-                kvm_values.push((*i, *v));
-            }
-        }
-    }
-    let (on, off) = cpuid_bits(run.feature, run.backend, vendor);
+    let announced = inputs.as_ref().map_or(&[][..], |i| &i.announced[..]);
+    let (on, off) = cpuid_bits(run.feature, announced);
     Ok(Prepared {
         vm,
         ctx: VmContext {
@@ -597,6 +693,7 @@ pub fn prepare_on(open: OpenVm, run: FeatureRun<'_>) -> Result<Prepared, VmmErro
             vendor,
             negotiation,
             model,
+            scope: run.feature.map_or(Scope::Vcpu, |f| f.scope),
             inputs,
             kvm_values,
             on,
@@ -607,7 +704,9 @@ pub fn prepare_on(open: OpenVm, run: FeatureRun<'_>) -> Result<Prepared, VmmErro
 
 /// A guest `rdmsr` that KVM sent to userspace: the vCPU's model answers, or #GP without one.
 pub fn model_rdmsr(model: &mut Option<VcpuModel>, index: MsrIndex) -> Result<u64, Fault> {
-    model.as_mut().map_or(Err(Fault::Gp), |m| m.read(index))
+    model
+        .as_ref()
+        .map_or(Err(Fault::Gp), |m| with_model(m, |m| m.read(index)))
 }
 
 /// A guest `wrmsr` that KVM sent to userspace.
@@ -617,14 +716,14 @@ pub fn model_wrmsr(
     value: u64,
 ) -> Result<(), Fault> {
     model
-        .as_mut()
-        .map_or(Err(Fault::Gp), |m| m.write(index, value))
+        .as_ref()
+        .map_or(Err(Fault::Gp), |m| with_model(m, |m| m.write(index, value)))
 }
 
 impl VmContext {
     /// The user backend's model for one vCPU.
     pub fn vcpu_model(&self) -> Option<VcpuModel> {
-        self.model.as_ref().map(|m| m.boxed_clone())
+        self.model.as_ref().map(|m| model_for_vcpu(m, self.scope))
     }
 
     /// Per-vCPU state every guest needs: CPUID (APIC ID, feature bits) and the feature's MSRs.
@@ -693,6 +792,7 @@ pub fn run_bare_on(open: OpenVm, req: &BareRequest<'_>) -> Result<BareOutcome, V
             host: req.host,
             cap_args: req.cap_args,
             initial: &req.initial,
+            announce: req.announce,
         },
     )?;
     let Prepared { vm, ctx } = prep;
@@ -717,6 +817,8 @@ pub fn run_bare_on(open: OpenVm, req: &BareRequest<'_>) -> Result<BareOutcome, V
     let (vm_ready, vcpus) = vm.create_vcpus(count)?;
 
     let mut runnable = Vec::with_capacity(usize::from(count));
+    let turns = std::sync::Arc::new(Turns::default());
+    let deadline = Instant::now() + req.limits.deadline;
     let tsc_khz = vcpus
         .first()
         .filter(|_| req.timed)
@@ -733,6 +835,8 @@ pub fn run_bare_on(open: OpenVm, req: &BareRequest<'_>) -> Result<BareOutcome, V
             vcpu,
             BareHandler {
                 model: ctx.vcpu_model(),
+                turns: std::sync::Arc::clone(&turns),
+                deadline,
                 stray: Vec::new(),
                 setup: Some(setup),
                 setup_error: None,
