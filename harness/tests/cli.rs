@@ -253,6 +253,71 @@ fn scenario_run_writes_its_report_and_passes() {
     assert!(report.exists());
 }
 
+/// The `user` backend refuses enable arguments KVM would refuse, with KVM's message and exit
+/// code (the lab checks the kernel side gives the very same line).
+#[test]
+fn user_backend_refuses_bad_enable_arguments_like_kvm() {
+    if common::kvm().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("bad-args.toml");
+    std::fs::write(
+        &f,
+        "name='bad-args'\nfeature='ppin'\nbackends=['user','kernel']\n[host]\nMSR_PPIN=1\n\
+         [[case]]\nname='two'\nrules=['cpuid-gate']\nargs=[2]\nsteps=[{ read = 'ctl', expect = 2 }]\n",
+    )
+    .unwrap();
+    let o = kvmcap(&["run", f.to_str().unwrap(), "--backend", "user"]);
+    assert_eq!(o.status.code(), Some(5));
+    let e = one_line_error(&o);
+    assert!(
+        e.contains("KVM_ENABLE_CAP(KVM_CAP_PPIN = 1024, args [2, 0, 0, 0]) failed: EINVAL"),
+        "{e}"
+    );
+}
+
+/// A host-initiated initial state KVM refuses (PPIN_CTL 11b) is refused by the model too.
+#[test]
+fn an_unreachable_initial_state_is_exit_6() {
+    if common::kvm().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("eleven.toml");
+    std::fs::write(
+        &f,
+        "name='eleven'\nfeature='ppin'\nbackends=['user']\n[host]\nMSR_PPIN=1\n\
+         [[case]]\nname='c'\nrules=['host-access']\ninitial={ MSR_AMD_PPIN_CTL = 3 }\n\
+         steps=[{ read = 'ctl', expect = 3 }]\n",
+    )
+    .unwrap();
+    let o = kvmcap(&["run", f.to_str().unwrap(), "--pair", "amd"]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(
+        one_line_error(&o).contains("KVM_SET_MSRS 0xc00102f0 = 0x3 refused"),
+        "{o:?}"
+    );
+}
+
+/// `--host-ppin` reads this host's PPIN from sysfs; where there is none it says so.
+#[test]
+fn host_ppin_without_a_host_ppin_is_a_clear_error() {
+    if std::path::Path::new("/sys/devices/system/cpu/cpu0/topology/ppin").exists() {
+        return;
+    }
+    let o = kvmcap(&[
+        "probe",
+        "--feature",
+        "ppin",
+        "--backend",
+        "user",
+        "--host-ppin",
+    ]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(one_line_error(&o).contains("found no PPIN"), "{o:?}");
+}
+
 #[test]
 fn refused_enable_is_exit_5() {
     if common::kvm().is_none() {
