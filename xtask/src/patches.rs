@@ -244,7 +244,8 @@ mod tests {
     #[test]
     fn the_committed_series_is_complete() {
         let patches = series(&series_dir()).expect("kernel-patches/series lists existing patches");
-        assert!(patches.len() >= 3);
+        // v2: the KVM change with its documentation, then the selftest.
+        assert!(patches.len() >= 2);
         for p in &patches {
             let text = std::fs::read_to_string(p).unwrap();
             assert!(
