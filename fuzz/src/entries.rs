@@ -329,7 +329,12 @@ pub fn msr(data: &[u8]) -> bool {
     let announced = spec.pair_for(vendor).filter(|_| enabled);
     // The initial state as the VMM writes it; one the model refuses (reserved bits, 11b) is
     // an input the VMM rejects before any guest runs.
-    let mut writes: Vec<(MsrIndex, u64)> = msrs.iter().map(|&m| (m, word(2))).collect();
+    let ctls: Vec<MsrIndex> = spec.pairs.iter().map(|p| p.ctl).collect();
+    let mut writes: Vec<(MsrIndex, u64)> = msrs
+        .iter()
+        .filter(|m| !ctls.contains(m))
+        .map(|&m| (m, word(2)))
+        .collect();
     if let Some(p) = announced {
         writes.push((p.ctl, u64::from(byte(1))));
     }

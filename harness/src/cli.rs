@@ -52,6 +52,12 @@ USAGE:
     kvmcap run SCENARIO [--backend B] [--vcpus N] [--pair P] [--json] [--report PATH]
         run a scenario (a name in fixtures/scenarios/ or a .toml path); without
         --backend, every backend the scenario supports
+    kvmcap explore FEATURE --backend B [--vcpus 1|2] [--pair P] [--host-value ...]
+                   [--out DIR] [--json] [--report PATH]
+        generated cases: walk every state the feature's rules let a guest reach by its own
+        writes, try every write class and read in each (with --vcpus 2 also from the other
+        vCPU), run each case in its own VM and compare with the rules; every difference is
+        printed with its shortest case as a scenario file (--out DIR writes them)
     kvmcap verify --guest linux --kernel BZIMAGE [--initramfs CPIO] --feature F
                   --backend B [--vcpus N] [--msr M ...] [--host-value NAME=VALUE ...]
                   [--host-ppin] [--pair P] [--json PATH] [--mem-mib N] [--console] [--console-limit BYTES]
@@ -159,10 +165,10 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
     }
     if !matches!(
         command.as_str(),
-        "caps" | "probe" | "image" | "run" | "verify" | "lab-init"
+        "caps" | "probe" | "image" | "run" | "explore" | "verify" | "lab-init"
     ) {
         return Err(Usage(format!(
-            "unknown command `{command}` (expected caps, probe, image, run, verify or lab-init)"
+            "unknown command `{command}` (expected caps, probe, image, run, explore, verify or lab-init)"
         )));
     }
     let mut o = Options {
@@ -302,6 +308,17 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
         }
         "run" if o.positional.len() != 1 => {
             return Err(Usage("run needs exactly one SCENARIO".into()));
+        }
+        "explore" => {
+            if o.positional.len() != 1 {
+                return Err(Usage("explore needs exactly one FEATURE".into()));
+            }
+            if o.backend.is_none() {
+                return Err(Usage("explore needs --backend none|user|kernel".into()));
+            }
+            if o.vcpus > 2 {
+                return Err(Usage("explore runs on 1 or 2 vCPUs".into()));
+            }
         }
         "verify" => {
             if o.guest.as_deref().unwrap_or("linux") != "linux" {

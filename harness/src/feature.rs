@@ -24,7 +24,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
 pub enum FeatureError {
     /// no such feature
     #[error(
-        "unknown feature `{0}` (built in: ppin, platform-info; or give a path to a .toml spec)"
+        "unknown feature `{0}` (built in: ppin, platform-info; fixtures/features/NAME.toml by name; or a path to a .toml spec)"
     )]
     Unknown(String),
     /// the file cannot be read
@@ -61,6 +61,9 @@ pub enum ModelKind {
     Ppin,
     /// MSRs KVM itself serves once the capability is enabled; the VMM sets their values.
     KvmMsr,
+    /// MSRs stock KVM emulates with no capability (conformance): the VMM writes only the
+    /// registers' `initial` values.
+    Stock,
 }
 
 /// Which of a feature's vendor pairs the guest's CPUID announces (`--pair`). KVM gates the
@@ -156,6 +159,11 @@ pub struct CapSpec {
 }
 
 impl CapSpec {
+    /// Whether the feature has no capability (stock KVM's own MSRs).
+    pub fn is_none(&self) -> bool {
+        self.number == 0
+    }
+
     /// Whether `args` turn the feature on (`args[0]` non-zero, as KVM reads its boolean
     /// enable arguments).
     pub fn enables(args: &[u64; 4]) -> bool {
@@ -187,12 +195,40 @@ pub struct RuleSource {
     pub sentence: String,
 }
 
+/// What a rule does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleKind {
+    /// A guest write to the register #GPs when the condition holds.
+    WriteGp,
+    /// A guest read of the register #GPs when the condition holds.
+    ReadGp,
+    /// A host-initiated write (`KVM_SET_MSRS`) is refused when the condition holds.
+    HostRefuse,
+    /// What the feature's structure implies (scope, pairs, reset values, CPUID gates): the
+    /// engine does it without a condition; the rule names it and its source.
+    #[default]
+    Note,
+}
+
 /// One rule of the feature's semantics, with where it comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Short name, used by scenarios (`rules = ["ctl-locked-gp"]`).
     pub id: String,
+    /// What the rule does.
+    #[serde(default)]
+    pub kind: RuleKind,
+    /// The register it is about (every kind but `note`).
+    #[serde(default)]
+    pub register: Option<String>,
+    /// The condition (absent: always); see [`crate::rules`].
+    #[serde(default)]
+    pub when: Option<String>,
+    /// The parsed condition.
+    #[serde(skip)]
+    pub condition: Option<crate::rules::Expr>,
     /// What the rule says, in one line.
     pub says: String,
     /// Where the source is ambiguous: which reading was taken and why.
@@ -200,6 +236,52 @@ pub struct Rule {
     pub reading: Option<String>,
     /// Its sources.
     pub source: Vec<RuleSource>,
+}
+
+/// A known difference between the rules and a KVM, with its explanation: what KVM does and
+/// the KVM code that does it. `kvmcap explore` counts a difference with an explanation as
+/// documented, not as a failure.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conformance {
+    /// The difference: a rule id (the rules say #GP, KVM completes), `completes:REGISTER`
+    /// (the rules say the write completes, KVM #GPs), `value:REGISTER` (a read differs),
+    /// `absent:REGISTER` (the rules say the MSR does not exist).
+    pub difference: String,
+    /// Which KVM: `lab` (the lab's upstream KVM), `host` (this machine's), or `any`.
+    #[serde(default = "any")]
+    pub kvm: String,
+    /// What KVM does, citing its code.
+    pub explains: String,
+}
+
+fn any() -> String {
+    "any".into()
+}
+
+/// One piece of the feature's state: an MSR of its own (`msr`) or a role of its vendor pairs
+/// (`ctl`, `value`: the MSR the guest's announced pair gives that role).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Register {
+    /// Its name in rules.
+    pub name: String,
+    /// Its MSR, when it is not a pair role.
+    pub msr: Option<MsrIndex>,
+    /// Its value at RESET.
+    pub reset: u64,
+    /// What the VMM writes before the guest runs (model `stock`), if anything.
+    pub initial: Option<u64>,
+    /// Its fields (name, bits), from the file or the catalog.
+    pub fields: Vec<(String, msr_probe::catalog::BitRange)>,
+    /// The bits a write may set; the rest are reserved.
+    pub writable: u64,
+}
+
+impl Register {
+    /// The field named `name`.
+    pub fn field(&self, name: &str) -> Option<msr_probe::catalog::BitRange> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, b)| *b)
+    }
 }
 
 /// One vendor's PPIN MSR pair.
@@ -241,6 +323,10 @@ pub struct FeatureSpec {
     pub scope: Scope,
     /// Its rules, each with its source.
     pub rules: Vec<Rule>,
+    /// Its state, as the rules name it.
+    pub registers: Vec<Register>,
+    /// Known differences of KVMs from the rules, explained.
+    pub conformance: Vec<Conformance>,
     /// The capability.
     pub capability: CapSpec,
     /// PPIN pairs (model `ppin`).
@@ -262,7 +348,12 @@ struct RawSpec {
     scope: Scope,
     #[serde(default)]
     rule: Vec<Rule>,
-    capability: RawCap,
+    #[serde(default)]
+    register: Vec<RawRegister>,
+    #[serde(default)]
+    conformance: Vec<Conformance>,
+    #[serde(default)]
+    capability: Option<RawCap>,
     #[serde(default)]
     pair: Vec<RawPair>,
     #[serde(default)]
@@ -300,6 +391,29 @@ struct RawPair {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawRegister {
+    name: String,
+    #[serde(default)]
+    msr: Option<String>,
+    #[serde(default)]
+    reset: u64,
+    #[serde(default)]
+    initial: Option<u64>,
+    #[serde(default)]
+    fields: Vec<RawField>,
+    #[serde(default)]
+    writable: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    name: String,
+    bits: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawInitial {
     ctl: u64,
 }
@@ -316,6 +430,18 @@ impl FeatureSpec {
     pub fn find(name_or_path: &str, catalog: &Catalog) -> Result<Self, FeatureError> {
         if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
             return Self::parse(text, &format!("{name_or_path} (built in)"), catalog);
+        }
+        // A feature file by name: the workspace's fixtures, or `/features` in the lab.
+        if !name_or_path.contains('/') && !name_or_path.ends_with(".toml") {
+            for dir in [
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/features"),
+                PathBuf::from("/features"),
+            ] {
+                let p = dir.join(format!("{name_or_path}.toml"));
+                if p.is_file() {
+                    return Self::find(&p.display().to_string(), catalog);
+                }
+            }
         }
         let path = Path::new(name_or_path);
         if path.extension().is_some_and(|e| e == "toml") {
@@ -339,31 +465,47 @@ impl FeatureSpec {
             problem,
         };
         let msr = |name: &str| catalog.resolve(name).map_err(|e| invalid(format!("{e}")));
-        let number = match (raw.capability.number, cap_by_name(&raw.capability.name)) {
+        let raw_cap = match (raw.capability, raw.model) {
+            (Some(c), _) => c,
+            (None, ModelKind::Stock) => RawCap {
+                name: "none".into(),
+                number: Some(0),
+                args: vec![1],
+                accepts: Vec::new(),
+                required: false,
+            },
+            (None, _) => {
+                return Err(invalid(
+                    "needs [capability] (only model `stock` has none)".into(),
+                ))
+            }
+        };
+        let number = match (raw_cap.number, cap_by_name(&raw_cap.name)) {
+            (Some(0), _) if raw.model == ModelKind::Stock => 0,
             (Some(n), Some(known)) if n != known => {
                 return Err(invalid(format!(
                     "capability {} is number {known}, not {n}",
-                    raw.capability.name
+                    raw_cap.name
                 )))
             }
             (Some(n), _) | (None, Some(n)) => n,
             (None, None) => {
                 return Err(invalid(format!(
                     "capability `{}` is not a known name: give `number`",
-                    raw.capability.name
+                    raw_cap.name
                 )))
             }
         };
-        if raw.capability.args.len() > 4 {
+        if raw_cap.args.len() > 4 {
             return Err(invalid("capability args: at most 4".into()));
         }
         let mut args = [0u64; 4];
-        args[..raw.capability.args.len()].copy_from_slice(&raw.capability.args);
-        if raw.capability.accepts.len() > 4 {
+        args[..raw_cap.args.len()].copy_from_slice(&raw_cap.args);
+        if raw_cap.accepts.len() > 4 {
             return Err(invalid("capability accepts: at most 4 lists".into()));
         }
         let mut accepts: [Option<Vec<u64>>; 4] = Default::default();
-        for (slot, list) in accepts.iter_mut().zip(raw.capability.accepts) {
+        for (slot, list) in accepts.iter_mut().zip(raw_cap.accepts) {
             *slot = Some(list);
         }
         let mut ids = std::collections::BTreeSet::new();
@@ -373,6 +515,87 @@ impl FeatureSpec {
             }
             if r.source.is_empty() {
                 return Err(invalid(format!("rule `{}` has no source", r.id)));
+            }
+        }
+        // Registers: a pair role takes its fields from the catalog entry of the first pair's
+        // MSR unless the file gives them.
+        let mut registers = Vec::new();
+        for r in &raw.register {
+            let reg_err = |problem: String| invalid(format!("register `{}`: {problem}", r.name));
+            let msr_index = match &r.msr {
+                Some(m) => Some(msr(m)?),
+                None if matches!(r.name.as_str(), "ctl" | "value") => None,
+                None => {
+                    return Err(reg_err(
+                        "give `msr`, or name it `ctl` or `value` (a role of the [[pair]]s)".into(),
+                    ))
+                }
+            };
+            let mut fields = Vec::new();
+            for f in &r.fields {
+                let bits = msr_probe::catalog::BitRange::parse(&f.bits).ok_or_else(|| {
+                    reg_err(format!(
+                        "field `{}`: bits `{}`: N or HIGH:LOW",
+                        f.name, f.bits
+                    ))
+                })?;
+                fields.push((f.name.clone(), bits));
+            }
+            if fields.is_empty() {
+                let from = msr_index.or_else(|| {
+                    raw.pair.first().and_then(|p| {
+                        let name = if r.name == "ctl" { &p.ctl } else { &p.value };
+                        catalog.resolve(name).ok()
+                    })
+                });
+                if let Some(entry) = from.and_then(|i| catalog.get(i)) {
+                    fields = entry
+                        .fields
+                        .iter()
+                        .map(|f| (f.name.clone(), f.bits))
+                        .collect();
+                }
+            }
+            let writable = r.writable.unwrap_or_else(|| {
+                if fields.is_empty() {
+                    u64::MAX
+                } else {
+                    fields.iter().fold(0, |m, (_, b)| m | b.mask())
+                }
+            });
+            registers.push(Register {
+                name: r.name.clone(),
+                msr: msr_index,
+                reset: r.reset,
+                initial: r.initial,
+                fields,
+                writable,
+            });
+        }
+        let mut rules = raw.rule;
+        for r in &mut rules {
+            let rule_err = |problem: String| invalid(format!("rule `{}`: {problem}", r.id));
+            if r.kind == RuleKind::Note {
+                continue;
+            }
+            let reg_name = r
+                .register
+                .clone()
+                .ok_or_else(|| rule_err("needs `register`".into()))?;
+            let reg = registers
+                .iter()
+                .find(|g| g.name == reg_name)
+                .ok_or_else(|| rule_err(format!("no [[register]] `{reg_name}`")))?;
+            if let Some(w) = &r.when {
+                let e = crate::rules::Expr::parse(w).map_err(|e| rule_err(e.to_string()))?;
+                for name in e.names() {
+                    if !name_resolves(name, reg, &registers) {
+                        return Err(rule_err(format!(
+                            "`{name}` is not new, old, enabled, a register, REGISTER.Field or REGISTER.writable (or new./old. with a field of `{reg_name}`)"
+                        )));
+                    }
+                }
+                r.condition = Some(e);
             }
         }
         let mut pairs = Vec::new();
@@ -424,13 +647,15 @@ impl FeatureSpec {
             description: raw.description,
             model: raw.model,
             scope: raw.scope,
-            rules: raw.rule,
+            rules,
+            registers,
+            conformance: raw.conformance,
             capability: CapSpec {
-                name: raw.capability.name,
+                name: raw_cap.name,
                 number,
                 args,
                 accepts,
-                required: raw.capability.required,
+                required: raw_cap.required,
             },
             pairs,
             initial_ctl: raw.initial.map_or(0, |i| i.ctl),
@@ -445,6 +670,11 @@ impl FeatureSpec {
         v
     }
 
+    /// The register named `name`.
+    pub fn register(&self, name: &str) -> Option<&Register> {
+        self.registers.iter().find(|r| r.name == name)
+    }
+
     /// The rule named `id`.
     pub fn rule(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.id == id)
@@ -453,6 +683,16 @@ impl FeatureSpec {
     /// The pair a guest of `vendor` uses.
     pub fn pair_for(&self, vendor: CpuVendor) -> Option<&PpinPair> {
         self.pairs.iter().find(|p| p.vendor == vendor)
+    }
+}
+
+/// Whether a condition's `name` means something for a rule about `reg`.
+fn name_resolves(name: &str, reg: &Register, all: &[Register]) -> bool {
+    match name.split_once('.') {
+        None => matches!(name, "new" | "old" | "enabled") || all.iter().any(|r| r.name == name),
+        Some(("new" | "old", field)) => reg.field(field).is_some(),
+        Some((r, "writable")) => all.iter().any(|g| g.name == r),
+        Some((r, field)) => all.iter().any(|g| g.name == r && g.field(field).is_some()),
     }
 }
 

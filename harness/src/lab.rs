@@ -61,7 +61,7 @@ const QEMU_CONSOLE_LIMIT: usize = 1 << 20;
 /// One lab job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
-    /// `verify`, `catalog`, `run`, `probe`, `selftest`, `qemu` or `cost`.
+    /// `verify`, `catalog`, `run`, `probe`, `explore`, `selftest`, `qemu` or `cost`.
     pub kind: String,
     /// The feature or scenario.
     pub subject: String,
@@ -105,7 +105,7 @@ pub fn parse_jobs(text: &str) -> Result<Vec<Job>, String> {
             };
             if !matches!(
                 kind,
-                "verify" | "catalog" | "run" | "probe" | "selftest" | "qemu" | "cost"
+                "verify" | "catalog" | "run" | "probe" | "selftest" | "qemu" | "cost" | "explore"
             ) {
                 return Err(format!("lab job `{j}`: unknown kind `{kind}`"));
             }
@@ -238,6 +238,34 @@ fn run_job_untimed(
                     }
                 }
                 Err(e) => fail(format!("{}: {e}", path.display())),
+            }
+        }
+        "explore" => {
+            let spec = match FeatureSpec::find(&job.subject, catalog) {
+                Ok(s) => s,
+                Err(e) => return fail(e.to_string()),
+            };
+            match crate::explore::explore(
+                &crate::explore::ExploreRequest {
+                    kvm_path: paths.kvm.clone(),
+                    feature: &spec,
+                    backend: job.backend,
+                    vcpus: job.vcpus,
+                    announce: job.pair,
+                    host: &host,
+                    limits,
+                    kvm_label: "lab".into(),
+                },
+                catalog,
+            ) {
+                Ok(r) => JobResult {
+                    job: job.name(),
+                    pass: r.pass,
+                    snapshot: to_value(&r.snapshot_view()),
+                    report: to_value(&r),
+                    job_ms: 0.0,
+                },
+                Err(e) => fail(e.to_string()),
             }
         }
         "run" => {

@@ -340,6 +340,36 @@ fn cmd_run(o: &Options) -> Result<bool, Failure> {
     Ok(pass)
 }
 
+fn cmd_explore(o: &Options) -> Result<bool, Failure> {
+    let catalog = catalog()?;
+    let spec = FeatureSpec::find(&o.positional[0], &catalog).map_err(|e| match e {
+        FeatureError::Unknown(_) => fail(exit::USAGE, e),
+        other => fail(exit::INPUT, other),
+    })?;
+    let host = host_sources(o, &catalog, &spec)?;
+    let report = kvmcap::explore::explore(
+        &kvmcap::explore::ExploreRequest {
+            kvm_path: o.kvm.clone(),
+            feature: &spec,
+            backend: o.backend.unwrap_or(kvmcap::backend::Backend::User),
+            vcpus: o.vcpus,
+            announce: o.pair,
+            host: &host,
+            limits: o.limits,
+            kvm_label: "host".into(),
+        },
+        &catalog,
+    )
+    .map_err(vmm_failure)?;
+    if let Some(dir) = &o.out {
+        report
+            .write_scenarios(dir)
+            .map_err(|e| fail(exit::OUTPUT, format!("{}: {e}", dir.display())))?;
+    }
+    emit(o, &report, || report.table())?;
+    Ok(report.pass)
+}
+
 /// The guest initramfs `verify` uses when none is given: next to the kvmcap binary, else the
 /// one `cargo xtask initramfs` builds in the workspace.
 fn default_initramfs() -> std::path::PathBuf {
@@ -490,6 +520,7 @@ fn main() -> ExitCode {
         "probe" => cmd_probe(&options),
         "image" => cmd_image(&options),
         "verify" => cmd_verify(&options),
+        "explore" => cmd_explore(&options),
         "lab-init" => cmd_lab_init(),
         _ => cmd_run(&options),
     };

@@ -164,6 +164,7 @@ fn lab_builder(guest_kernel: &Path, selftests: &[PathBuf]) -> Result<Builder, Xt
         .file("guest/bzImage", 0o644, read(guest_kernel)?)
         .file("guest/initramfs.cpio", 0o644, read(&guest)?)
         .dir("scenarios")
+        .dir("features")
         .dir("selftests");
     for t in selftests {
         let name = t
@@ -188,6 +189,23 @@ fn lab_builder(guest_kernel: &Path, selftests: &[PathBuf]) -> Result<Builder, Xt
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         b.file(&format!("scenarios/{name}"), 0o644, read(&p)?);
+    }
+    let dir = workspace_root().join("fixtures/features");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| XtaskError::Output {
+            path: dir.clone(),
+            problem: e.to_string(),
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    names.sort();
+    for p in names {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        b.file(&format!("features/{name}"), 0o644, read(&p)?);
     }
     Ok(b)
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 pub mod bench;
 pub mod bench_lab;
 pub mod codegen;
+pub mod conformance;
 pub mod initramfs;
 pub mod kernel;
 pub mod lab;

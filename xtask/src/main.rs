@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use xtask::{codegen, initramfs, kernel, lab, patches, pbv, pipeline, static_build, XtaskError};
+use xtask::{
+    codegen, conformance, initramfs, kernel, lab, patches, pbv, pipeline, static_build, XtaskError,
+};
 
 mod fuzz;
 
@@ -37,6 +39,10 @@ USAGE:
                                         verify with backend kernel and user on 1 and 2 vCPUs;
                                         kernel must equal user and kernel-patches/expected/
                                         (--bless rewrites those); logs under target/kvmcap/pbv/
+    cargo xtask conformance             stock KVM against the feature files written from the
+                                        manuals (model = \"stock\"): kvmcap explore with backend
+                                        none in the lab and on this host; rewrites
+                                        docs/conformance.md; fails on an unexplained difference
     cargo xtask bench [--quick] [--json PATH] [--no-edit-loop] [--no-lab]
                                         kvmcap against its peers in one invocation: median,
                                         p10, p90 and ratios; rewrites BENCHMARKS.md and
@@ -195,6 +201,26 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
             };
             println!("{}", kernel::build(&tree, "")?.bzimage.display());
             Ok(true)
+        }
+        ["conformance"] => {
+            let features = conformance::stock_features()?;
+            let mut columns = conformance::in_the_lab(&features)?;
+            columns.extend(conformance::on_this_host(&features)?);
+            let (md, ok) = conformance::render(&columns);
+            let path = conformance::doc_path();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| XtaskError::Output {
+                    path: dir.to_owned(),
+                    problem: e.to_string(),
+                })?;
+            }
+            std::fs::write(&path, &md).map_err(|e| XtaskError::Output {
+                path: path.clone(),
+                problem: e.to_string(),
+            })?;
+            print!("{}", md.split("\n## Differences").next().unwrap_or(""));
+            eprintln!("xtask: wrote {}", path.display());
+            Ok(ok)
         }
         ["patch"] => {
             let tree = patches::apply(&kernel::fetch(None)?, &patches::series_dir())?;

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::feature::{FeatureSpec, ModelKind, PpinPair, Scope};
+use crate::feature::{FeatureSpec, PpinPair, RuleKind, Scope};
 use crate::vmm::cpuid::CpuVendor;
 use msr_probe::{Fault, MsrIndex};
 
@@ -46,148 +46,168 @@ pub fn model_for_vcpu(shared: &SharedModel, scope: Scope) -> SharedModel {
     }
 }
 
-/// PPIN per the feature's rules (`fixtures/features/ppin.toml`): one PPIN_CTL and one PPIN,
-/// seen through every pair the guest's CPUID announces (the pairs alias one state); pairs not
-/// announced raise #GP, as does everything while the feature is off.
+/// Any feature, as its file states it: its registers and its rules, interpreted (see
+/// [`crate::rules`]). Registers that are pair roles (`ctl`, `value`) are seen through every
+/// pair the guest's CPUID announces (the pairs alias one state); a pair not announced, or any
+/// pair while the feature is off, #GPs. Registers with an MSR of their own are always there;
+/// their rules say when they fault.
 #[derive(Clone, Debug)]
-pub struct PpinModel {
-    pairs: Vec<(PpinPair, bool)>,
+pub struct RuleModel {
+    spec: std::sync::Arc<FeatureSpec>,
+    announced: Vec<bool>,
     enabled: bool,
-    ctl: u64,
-    value: u64,
+    values: Vec<u64>,
 }
 
-impl PpinModel {
-    /// A model at RESET (PPIN_CTL 0, PPIN 0) in which `pairs` says, per pair, whether the
-    /// guest's CPUID announces it; `enabled` is whether the feature is on at all.
-    pub fn new(pairs: Vec<(PpinPair, bool)>, enabled: bool) -> Self {
+impl RuleModel {
+    /// The model at RESET: every register at its reset value.
+    pub fn new(spec: FeatureSpec, announced: &[CpuVendor], enabled: bool) -> Self {
+        let announced = spec
+            .pairs
+            .iter()
+            .map(|p| enabled && announced.contains(&p.vendor))
+            .collect();
+        let values = spec.registers.iter().map(|r| r.reset).collect();
         Self {
-            pairs,
+            spec: std::sync::Arc::new(spec),
+            announced,
             enabled,
-            ctl: 0,
-            value: 0,
+            values,
         }
     }
 
-    fn pair(&self, index: MsrIndex) -> Option<&(PpinPair, bool)> {
-        self.pairs
+    /// The register `index` reaches, and whether the guest can reach it.
+    fn locate(&self, index: MsrIndex) -> Option<(usize, bool)> {
+        let regs = &self.spec.registers;
+        if let Some(i) = regs.iter().position(|r| r.msr == Some(index)) {
+            return Some((i, true));
+        }
+        let (p, pair) = self
+            .spec
+            .pairs
             .iter()
-            .find(|(p, _)| p.ctl == index || p.value == index)
+            .enumerate()
+            .find(|(_, p)| p.ctl == index || p.value == index)?;
+        let role = if pair.ctl == index { "ctl" } else { "value" };
+        let i = regs.iter().position(|r| r.name == role)?;
+        Some((i, self.announced[p]))
+    }
+
+    fn lookup(&self, reg: usize, new: u64, name: &str) -> Option<u64> {
+        let regs = &self.spec.registers;
+        let field_of = |r: usize, field: &str, v: u64| regs[r].field(field).map(|b| b.extract(v));
+        match name.split_once('.') {
+            None => match name {
+                "new" => Some(new),
+                "old" => Some(self.values[reg]),
+                "enabled" => Some(u64::from(self.enabled)),
+                other => regs
+                    .iter()
+                    .position(|r| r.name == other)
+                    .map(|r| self.values[r]),
+            },
+            Some(("new", f)) => field_of(reg, f, new),
+            Some(("old", f)) => field_of(reg, f, self.values[reg]),
+            Some((r, "writable")) => regs.iter().find(|g| g.name == r).map(|g| g.writable),
+            Some((r, f)) => {
+                let i = regs.iter().position(|g| g.name == r)?;
+                field_of(i, f, self.values[i])
+            }
+        }
+    }
+
+    /// The first rule of `kind` about register `reg` whose condition holds.
+    fn fired(&self, kind: RuleKind, reg: usize, new: u64) -> Option<&str> {
+        let name = &self.spec.registers[reg].name;
+        self.spec
+            .rules
+            .iter()
+            .filter(|r| r.kind == kind && r.register.as_deref() == Some(name.as_str()))
+            .find(|r| {
+                r.condition
+                    .as_ref()
+                    .is_none_or(|c| c.eval(&|n| self.lookup(reg, new, n)) != 0)
+            })
+            .map(|r| r.id.as_str())
+    }
+
+    /// The rule that makes a guest access fault now: `Err(None)` when the MSR does not exist
+    /// for the guest, `Err(Some(rule))` when a rule fires, else the register.
+    fn guest(&self, index: MsrIndex, kind: RuleKind, new: u64) -> Result<usize, Option<&str>> {
+        match self.locate(index) {
+            Some((reg, true)) => match self.fired(kind, reg, new) {
+                Some(rule) => Err(Some(rule)),
+                None => Ok(reg),
+            },
+            _ => Err(None),
+        }
+    }
+
+    /// Which rule a guest access would fault on now (`"absent"`: the MSR does not exist for
+    /// this guest), or `None` if it completes: for reports that name the rule.
+    pub fn fault_rule(&self, index: MsrIndex, write: Option<u64>) -> Option<String> {
+        let kind = if write.is_some() {
+            RuleKind::WriteGp
+        } else {
+            RuleKind::ReadGp
+        };
+        match self.guest(index, kind, write.unwrap_or(0)) {
+            Ok(_) => None,
+            Err(None) => Some("absent".into()),
+            Err(Some(r)) => Some(r.to_owned()),
+        }
+    }
+
+    /// Every register's value, in file order.
+    pub fn values(&self) -> &[u64] {
+        &self.values
     }
 }
 
-impl MsrModel for PpinModel {
+impl MsrModel for RuleModel {
     fn boxed_clone(&self) -> Box<dyn MsrModel> {
         Box::new(self.clone())
     }
 
     fn handles(&self, index: MsrIndex) -> bool {
-        self.pair(index).is_some()
+        self.locate(index).is_some()
     }
 
     fn read(&mut self, index: MsrIndex) -> Result<u64, Fault> {
-        match self.pair(index) {
-            // rule cpuid-gate: a pair the CPUID does not announce does not exist.
-            Some((_, true)) if !self.enabled => Err(Fault::Gp),
-            Some((p, true)) if p.ctl == index => Ok(self.ctl),
-            // rule ppin-read-needs-enable.
-            Some((p, true)) if self.ctl & p.enable != 0 => Ok(self.value),
-            _ => Err(Fault::Gp),
-        }
+        let reg = self
+            .guest(index, RuleKind::ReadGp, 0)
+            .map_err(|_| Fault::Gp)?;
+        Ok(self.values[reg])
     }
 
     fn write(&mut self, index: MsrIndex, value: u64) -> Result<(), Fault> {
-        match self.pair(index) {
-            Some((p, true)) if self.enabled && p.ctl == index => {
-                let both = p.lockout | p.enable;
-                // rule ctl-reserved-gp.
-                if value & !both != 0 {
-                    return Err(Fault::Gp);
-                }
-                // rule ctl-lockout-needs-enable-clear: 11b #GPs.
-                if value == both {
-                    return Err(Fault::Gp);
-                }
-                // rule ctl-locked-gp: after LockOut every write #GPs.
-                if self.ctl & p.lockout != 0 {
-                    return Err(Fault::Gp);
-                }
-                self.ctl = value;
-                Ok(())
-            }
-            // rule ppin-read-only; unannounced pairs do not exist.
-            _ => Err(Fault::Gp),
-        }
+        let reg = self
+            .guest(index, RuleKind::WriteGp, value)
+            .map_err(|_| Fault::Gp)?;
+        self.values[reg] = value;
+        Ok(())
     }
 
     fn restore(&mut self, index: MsrIndex, value: u64) -> Result<(), String> {
-        match self.pair(index) {
-            Some(_) if !self.enabled && value != 0 => Err(format!(
-                "the feature is off: {index} accepts only 0 from the host"
-            )),
-            Some(_) if !self.enabled => Ok(()),
-            Some((p, _)) if p.ctl == index => {
-                let both = p.lockout | p.enable;
-                if value & !both != 0 {
-                    return Err(format!("reserved bits set in {value:#x}"));
-                }
-                if value == both {
-                    return Err(format!(
-                        "{value:#x} sets LockOut with Enable, a state PPIN_CTL cannot reach"
-                    ));
-                }
-                self.ctl = value;
+        let Some((reg, _)) = self.locate(index) else {
+            return Err(format!("{index} is not one of the feature's MSRs"));
+        };
+        let pair_role = self.spec.registers[reg].msr.is_none();
+        if pair_role && !self.enabled {
+            // KVM's generic path for an MSR the VM does not have: only 0 from the host.
+            return if value == 0 {
                 Ok(())
-            }
-            Some(_) => {
-                self.value = value;
-                Ok(())
-            }
-            None => Err(format!("{index} is not a PPIN MSR")),
+            } else {
+                Err(format!(
+                    "the feature is off: {index} accepts only 0 from the host"
+                ))
+            };
         }
-    }
-}
-
-/// MSRs KVM serves once a capability is enabled (e.g. MSR_PLATFORM_INFO): readable with the
-/// value the VMM set while enabled, #GP while disabled; guest writes #GP.
-#[derive(Clone, Debug)]
-pub struct KvmMsrModel {
-    values: Vec<(MsrIndex, u64)>,
-    enabled: bool,
-}
-
-impl KvmMsrModel {
-    /// A model serving `values`, readable iff `enabled`.
-    pub fn new(values: Vec<(MsrIndex, u64)>, enabled: bool) -> Self {
-        Self { values, enabled }
-    }
-}
-
-impl MsrModel for KvmMsrModel {
-    fn boxed_clone(&self) -> Box<dyn MsrModel> {
-        Box::new(self.clone())
-    }
-
-    fn handles(&self, index: MsrIndex) -> bool {
-        self.values.iter().any(|(i, _)| *i == index)
-    }
-    fn read(&mut self, index: MsrIndex) -> Result<u64, Fault> {
-        match self.values.iter().find(|(i, _)| *i == index) {
-            Some((_, v)) if self.enabled => Ok(*v),
-            _ => Err(Fault::Gp),
+        if let Some(rule) = self.fired(RuleKind::HostRefuse, reg, value) {
+            return Err(format!("{value:#x} refused (rule {rule})"));
         }
-    }
-    fn write(&mut self, _index: MsrIndex, _value: u64) -> Result<(), Fault> {
-        Err(Fault::Gp)
-    }
-    fn restore(&mut self, index: MsrIndex, value: u64) -> Result<(), String> {
-        match self.values.iter_mut().find(|(i, _)| *i == index) {
-            Some((_, v)) => {
-                *v = value;
-                Ok(())
-            }
-            None => Err(format!("{index} is not served by this model")),
-        }
+        self.values[reg] = value;
+        Ok(())
     }
 }
 
@@ -222,25 +242,11 @@ pub fn build_model(
     spec: &FeatureSpec,
     inputs: &ModelInputs,
 ) -> Result<Box<dyn MsrModel>, InitialRefused> {
-    let mut model: Box<dyn MsrModel> = match spec.model {
-        ModelKind::Ppin => {
-            let pairs = spec
-                .pairs
-                .iter()
-                .map(|p| {
-                    (
-                        p.clone(),
-                        inputs.enabled && inputs.announced.contains(&p.vendor),
-                    )
-                })
-                .collect();
-            Box::new(PpinModel::new(pairs, inputs.enabled))
-        }
-        ModelKind::KvmMsr => Box::new(KvmMsrModel::new(
-            spec.kvm_msrs.iter().map(|k| (k.msr, k.default)).collect(),
-            inputs.enabled,
-        )),
-    };
+    let mut model: Box<dyn MsrModel> = Box::new(RuleModel::new(
+        spec.clone(),
+        &inputs.announced,
+        inputs.enabled,
+    ));
     for (msr, value) in &inputs.writes {
         if model.handles(*msr) {
             model

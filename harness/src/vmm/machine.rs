@@ -381,6 +381,7 @@ pub fn cap_requests(
                 required: true,
             },
         ],
+        (Backend::Kernel, Some(f)) if f.capability.is_none() => Vec::new(),
         (Backend::Kernel, Some(f)) => vec![CapRequest {
             cap: f.capability.number,
             enable: Some(args.unwrap_or(f.capability.args)),
@@ -404,7 +405,9 @@ pub fn model_inputs(
     args: [u64; 4],
     initial: &[(MsrIndex, u64)],
 ) -> Result<ModelInputs, VmmError> {
-    let enabled = backend != Backend::None && CapSpec::enables(&args);
+    // A feature with no capability is stock KVM's: on for every backend.
+    let enabled =
+        (backend != Backend::None || feature.capability.is_none()) && CapSpec::enables(&args);
     let announced = if enabled {
         announce.vendors(vendor)
     } else {
@@ -438,6 +441,13 @@ pub fn model_inputs(
                     }
                 }
                 writes.push((pair.ctl, feature.initial_ctl));
+            }
+            ModelKind::Stock => {
+                for r in &feature.registers {
+                    if let (Some(msr), Some(v)) = (r.msr, r.initial) {
+                        writes.push((msr, v));
+                    }
+                }
             }
             ModelKind::KvmMsr => {
                 for k in &feature.kvm_msrs {

@@ -1,0 +1,628 @@
+//! Generated cases: every state the feature's rules let a guest reach by its own writes, and in
+//! each state every class of write and every read, run against a backend and compared with
+//! the rules. Nobody picks the cases, so they do not share the author's reading of the spec;
+//! a difference is printed with the shortest sequence that shows it, as a scenario file.
+//!
+//! A case is: the guest writes that lead to the state (on vCPU 0), one probing access (a
+//! write class to one register, or a read), then a read of every register, on the same vCPU
+//! and, with two vCPUs, also with the probe and the reads on vCPU 1 after vCPU 0's writes
+//! (the feature's scope is then visible).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::backend::model::{MsrModel, RuleModel};
+use crate::backend::Backend;
+use crate::bare::MsrOp;
+use crate::feature::{Announce, FeatureSpec};
+use crate::host::HostSources;
+use crate::probe::guest_reading;
+use crate::vmm::cpuid::CpuVendor;
+use crate::vmm::machine::{model_inputs, run_bare, BareRequest, Limits, VmmError};
+use msr_probe::{Catalog, Fault, MsrIndex, Reading};
+
+/// The most states a walk visits (a feature with more is explored that far, and says so).
+pub const MAX_STATES: usize = 64;
+
+/// One guest access of a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Access {
+    /// The vCPU.
+    pub cpu: u8,
+    /// The MSR.
+    pub msr: MsrIndex,
+    /// The value written, or `None` for a read.
+    pub write: Option<u64>,
+}
+
+impl Access {
+    fn op(&self) -> MsrOp {
+        match self.write {
+            Some(value) => MsrOp::Write {
+                index: self.msr,
+                value,
+            },
+            None => MsrOp::Read { index: self.msr },
+        }
+    }
+}
+
+/// A step whose outcome differs from the rules.
+#[derive(Clone, Debug, Serialize)]
+pub struct Difference {
+    /// What kind of difference, as feature files name it in `[[conformance]]`.
+    pub key: String,
+    /// The feature file's explanation, if it documents this difference.
+    pub explained: Option<String>,
+    /// The case, shortest first.
+    pub accesses: Vec<Access>,
+    /// The step that differs (index in `accesses`).
+    pub at: usize,
+    /// What the rules say.
+    pub rules: Reading,
+    /// The rule that decides it (`None`: the access completes by the rules).
+    pub rule: Option<String>,
+    /// What the guest saw.
+    pub seen: Reading,
+    /// The case as a scenario file that expects what the rules say.
+    pub scenario: String,
+}
+
+/// What an exploration found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Exploration {
+    /// The feature.
+    pub feature: String,
+    /// The backend.
+    pub backend: Backend,
+    /// The pairs the guest's CPUID announced.
+    pub pair: String,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// States reached by guest writes (register values, in file order).
+    pub states: Vec<Vec<u64>>,
+    /// Whether the walk stopped at [`MAX_STATES`].
+    pub truncated: bool,
+    /// Cases run.
+    pub cases: usize,
+    /// Guest accesses checked.
+    pub checked: usize,
+    /// Every step that differs, shortest case first, one per (probe, state).
+    pub differences: Vec<Difference>,
+    /// Whether every difference is explained (and something was checked).
+    pub pass: bool,
+}
+
+/// The write classes for a register: 0, all-ones, each combination of its writable fields
+/// (single-bit fields; a wider field takes 0 and its maximum), and each reserved bit group's
+/// lowest and highest bit.
+pub fn write_classes(reg: &crate::feature::Register) -> Vec<u64> {
+    let mut v = vec![0, u64::MAX];
+    let fields: Vec<u64> = reg
+        .fields
+        .iter()
+        .map(|(_, b)| b.mask())
+        .filter(|m| m & reg.writable != 0)
+        .take(6)
+        .collect();
+    for combo in 0u64..(1 << fields.len()) {
+        let value = fields
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| combo & (1 << i) != 0)
+            .fold(0, |acc, (_, m)| acc | m);
+        v.push(value);
+    }
+    if reg.writable == u64::MAX {
+        v.push(1);
+    } else {
+        let reserved = !reg.writable;
+        v.push(1 << reserved.trailing_zeros());
+        v.push(1 << (63 - reserved.leading_zeros()));
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Every MSR of each register, as `(register, MSR)`: its own MSR, or for a pair role the
+/// role's MSR in every pair, announced ones first (the others must #GP: the CPUID gate).
+fn register_msrs(spec: &FeatureSpec, announced: &[CpuVendor]) -> Vec<(usize, MsrIndex)> {
+    let mut pairs: Vec<_> = spec.pairs.iter().collect();
+    pairs.sort_by_key(|p| !announced.contains(&p.vendor));
+    let mut out = Vec::new();
+    for (i, r) in spec.registers.iter().enumerate() {
+        match (&r.msr, r.name.as_str()) {
+            (Some(m), _) => out.push((i, *m)),
+            (None, "ctl") => out.extend(pairs.iter().map(|p| (i, p.ctl))),
+            (None, "value") => out.extend(pairs.iter().map(|p| (i, p.value))),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The rules' view of a VM: one model for a VM-scoped feature, one per vCPU otherwise.
+struct Oracle {
+    models: Vec<RuleModel>,
+    shared: bool,
+}
+
+impl Oracle {
+    fn new(fresh: &RuleModel, scope: crate::feature::Scope) -> Self {
+        Self {
+            models: vec![fresh.clone(), fresh.clone()],
+            shared: scope == crate::feature::Scope::Vm,
+        }
+    }
+
+    fn of(&mut self, cpu: u8) -> &mut RuleModel {
+        let i = if self.shared {
+            0
+        } else {
+            usize::from(cpu.min(1))
+        };
+        &mut self.models[i]
+    }
+}
+
+fn model_register(spec: &FeatureSpec, msr: MsrIndex) -> String {
+    if let Some(r) = spec.registers.iter().find(|r| r.msr == Some(msr)) {
+        return r.name.clone();
+    }
+    match spec.pairs.iter().find(|p| p.ctl == msr || p.value == msr) {
+        Some(p) if p.ctl == msr => "ctl".into(),
+        Some(_) => "value".into(),
+        None => msr.to_string(),
+    }
+}
+
+fn outcome_of(model: &mut dyn MsrModel, a: &Access) -> Reading {
+    let r = match a.write {
+        Some(v) => model.write(a.msr, v).map(|()| v),
+        None => model.read(a.msr),
+    };
+    r.map_or(Reading::Fault(Fault::Gp), Reading::Value)
+}
+
+/// A request to explore.
+pub struct ExploreRequest<'a> {
+    /// The KVM device.
+    pub kvm_path: PathBuf,
+    /// The feature.
+    pub feature: &'a FeatureSpec,
+    /// The backend.
+    pub backend: Backend,
+    /// 1, or 2 to run probes on a second vCPU too.
+    pub vcpus: u8,
+    /// Which pairs the guest's CPUID announces.
+    pub announce: Announce,
+    /// Host values (the PPIN the VMM supplies).
+    pub host: &'a HostSources,
+    /// Limits for each case's VM.
+    pub limits: Limits,
+    /// Which KVM this is, for `[[conformance]]` entries (`lab` or `host`).
+    pub kvm_label: String,
+}
+
+/// Walks the rules' states and runs every case against the backend.
+pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploration, VmmError> {
+    let spec = req.feature;
+    let vendor = crate::scenario::guest_vendor(&req.kvm_path)?;
+    let args = spec.capability.args;
+    let inputs = model_inputs(spec, req.backend, vendor, req.announce, req.host, args, &[])?;
+    let visible = register_msrs(spec, &inputs.announced);
+    let fresh = || -> Result<RuleModel, VmmError> {
+        let mut m = RuleModel::new(spec.clone(), &inputs.announced, inputs.enabled);
+        for (msr, value) in &inputs.writes {
+            if m.handles(*msr) {
+                m.restore(*msr, *value).map_err(|reason| {
+                    VmmError::Initial(crate::backend::model::InitialRefused {
+                        msr: *msr,
+                        value: *value,
+                        reason: Some(reason),
+                    })
+                })?;
+            }
+        }
+        Ok(m)
+    };
+    // Breadth first over the states guest writes reach: the path to each is the shortest.
+    let start = fresh()?;
+    let mut paths: BTreeMap<Vec<u64>, Vec<Access>> = BTreeMap::new();
+    let mut order: Vec<Vec<u64>> = Vec::new();
+    let mut queue = VecDeque::from([(start.values().to_vec(), Vec::<Access>::new())]);
+    let mut truncated = false;
+    while let Some((state, path)) = queue.pop_front() {
+        if paths.contains_key(&state) {
+            continue;
+        }
+        if paths.len() == MAX_STATES {
+            truncated = true;
+            break;
+        }
+        paths.insert(state.clone(), path.clone());
+        order.push(state.clone());
+        for &(reg, msr) in &visible {
+            for value in write_classes(&spec.registers[reg]) {
+                let mut m = fresh()?;
+                for a in &path {
+                    let _ = outcome_of(&mut m, a);
+                }
+                if m.write(msr, value).is_ok() && m.values() != state.as_slice() {
+                    let mut p = path.clone();
+                    p.push(Access {
+                        cpu: 0,
+                        msr,
+                        write: Some(value),
+                    });
+                    queue.push_back((m.values().to_vec(), p));
+                }
+            }
+        }
+    }
+    // The probes: every write class to every register, and every read.
+    let mut probes: Vec<(MsrIndex, Option<u64>)> = Vec::new();
+    for &(reg, msr) in &visible {
+        probes.push((msr, None));
+        for value in write_classes(&spec.registers[reg]) {
+            probes.push((msr, Some(value)));
+        }
+    }
+    let probe_cpus: Vec<u8> = if req.vcpus >= 2 { vec![0, 1] } else { vec![0] };
+    let mut cases = 0;
+    let mut checked = 0;
+    let mut differences = Vec::new();
+    for state in &order {
+        let path = &paths[state];
+        for &(msr, write) in &probes {
+            for &cpu in &probe_cpus {
+                let mut accesses = path.clone();
+                accesses.push(Access { cpu, msr, write });
+                for &(_, m) in &visible {
+                    accesses.push(Access {
+                        cpu,
+                        msr: m,
+                        write: None,
+                    });
+                    if cpu != 0 {
+                        accesses.push(Access {
+                            cpu: 0,
+                            msr: m,
+                            write: None,
+                        });
+                    }
+                }
+                let seen = run_case(req, &accesses)?;
+                cases += 1;
+                let mut oracle = Oracle::new(&fresh()?, spec.scope);
+                for (i, a) in accesses.iter().enumerate() {
+                    let model = oracle.of(a.cpu);
+                    let rule = model.fault_rule(a.msr, a.write);
+                    let want = outcome_of(model, a);
+                    checked += 1;
+                    if seen[i] != want {
+                        let reg = model_register(spec, a.msr);
+                        let key = match (&rule, &want, a.write) {
+                            (Some(r), Reading::Fault(_), _) if r != "absent" => r.clone(),
+                            (Some(_), _, _) => format!("absent:{reg}"),
+                            (None, _, Some(_)) => format!("completes:{reg}"),
+                            (None, _, None) => format!("value:{reg}"),
+                        };
+                        let explained = spec
+                            .conformance
+                            .iter()
+                            .find(|c| {
+                                c.difference == key && (c.kvm == "any" || c.kvm == req.kvm_label)
+                            })
+                            .map(|c| c.explains.clone());
+                        differences.push(Difference {
+                            key,
+                            explained,
+                            scenario: scenario_text(spec, req, &accesses, i, catalog, &fresh()?),
+                            accesses: accesses.clone(),
+                            at: i,
+                            rules: want,
+                            rule,
+                            seen: seen[i].clone(),
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    differences.sort_by_key(|d| d.accesses.len());
+    // A walk that checked nothing proves nothing.
+    let pass = differences.iter().all(|d| d.explained.is_some()) && checked > 0;
+    Ok(Exploration {
+        feature: spec.name.clone(),
+        backend: req.backend,
+        pair: req.announce.label(vendor).to_owned(),
+        vcpus: req.vcpus,
+        states: order,
+        truncated,
+        cases,
+        checked,
+        differences,
+        pass,
+    })
+}
+
+/// Runs one case in its own VM and returns what the guest saw for each access, in order.
+fn run_case(req: &ExploreRequest<'_>, accesses: &[Access]) -> Result<Vec<Reading>, VmmError> {
+    let vcpus = accesses.iter().map(|a| a.cpu).max().unwrap_or(0) + 1;
+    let mut per_cpu: Vec<Vec<MsrOp>> = vec![Vec::new(); usize::from(vcpus)];
+    let mut at = Vec::with_capacity(accesses.len());
+    let sequenced = vcpus > 1;
+    let mut turn = 0u32;
+    let mut current: Option<u8> = None;
+    for a in accesses {
+        if sequenced && current != Some(a.cpu) {
+            if let Some(prev) = current {
+                turn += 1;
+                per_cpu[usize::from(prev)].push(MsrOp::Pass(turn));
+            }
+            per_cpu[usize::from(a.cpu)].push(MsrOp::Wait(turn));
+            current = Some(a.cpu);
+        }
+        at.push((a.cpu, per_cpu[usize::from(a.cpu)].len()));
+        per_cpu[usize::from(a.cpu)].push(a.op());
+    }
+    let outcome = run_bare(&BareRequest {
+        kvm_path: req.kvm_path.clone(),
+        feature: Some(req.feature),
+        backend: req.backend,
+        ops: per_cpu,
+        host: req.host,
+        cap_args: None,
+        initial: Vec::new(),
+        announce: req.announce,
+        limits: req.limits,
+        irqchip: false,
+        timed: false,
+    })?;
+    Ok(accesses
+        .iter()
+        .zip(at)
+        .map(|(a, (cpu, i))| guest_reading(&outcome, usize::from(cpu), i, &a.op()))
+        .collect())
+}
+
+/// The case up to the differing step as a scenario whose expectations are the rules'.
+fn scenario_text(
+    spec: &FeatureSpec,
+    req: &ExploreRequest<'_>,
+    accesses: &[Access],
+    at: usize,
+    catalog: &Catalog,
+    fresh: &RuleModel,
+) -> String {
+    let mut oracle = Oracle::new(fresh, spec.scope);
+    let mut steps = Vec::new();
+    let mut rules: Vec<String> = Vec::new();
+    for a in &accesses[..=at] {
+        let model = oracle.of(a.cpu);
+        if let Some(r) = model.fault_rule(a.msr, a.write) {
+            if r != "absent" && !rules.contains(&r) {
+                rules.push(r);
+            }
+        }
+        let expect = match outcome_of(model, a) {
+            Reading::Fault(_) => "\"gp\"".to_owned(),
+            Reading::Value(v) if a.write.is_some() => {
+                let _ = v;
+                "\"ok\"".to_owned()
+            }
+            Reading::Value(v) => format!("{v:#x}"),
+            Reading::Unavailable(_) => "\"gp\"".to_owned(),
+        };
+        let name = catalog.name_of(a.msr);
+        steps.push(match a.write {
+            Some(v) => format!(
+                "  {{ cpu = {}, write = \"{name}\", value = {v:#x}, expect = {expect} }},",
+                a.cpu
+            ),
+            None => format!(
+                "  {{ cpu = {}, read = \"{name}\", expect = {expect} }},",
+                a.cpu
+            ),
+        });
+    }
+    if rules.is_empty() {
+        rules = spec
+            .rules
+            .iter()
+            .find(|r| r.kind == crate::feature::RuleKind::Note)
+            .map(|r| vec![r.id.clone()])
+            .unwrap_or_default();
+    }
+    let backends = match req.backend {
+        Backend::None => "\"none\"",
+        Backend::User => "\"user\"",
+        Backend::Kernel => "\"kernel\"",
+    };
+    let host: String = req
+        .host
+        .supplied_value(&spec.pairs.iter().map(|p| p.value).collect::<Vec<_>>())
+        .map(|(i, v, _)| format!("\n[host]\n{} = {v:#x}\n", catalog.name_of(i)))
+        .unwrap_or_default();
+    format!(
+        "# generated by kvmcap explore: the rules say the last step gives what it expects\nname = \"explore-{}\"\nfeature = \"{}\"\nbackends = [{backends}]\n{host}\n[[case]]\nname = \"shortest\"\npair = \"{}\"\nrules = [{}]\nsteps = [\n{}\n]\n",
+        spec.name,
+        spec.name,
+        req.announce,
+        rules
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        steps.join("\n")
+    )
+}
+
+impl Exploration {
+    /// The table people read.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "explore {} (backend {}, pair {}, {} vCPU(s)): {} states{}, {} cases, {} accesses checked\n",
+            self.feature,
+            self.backend,
+            self.pair,
+            self.vcpus,
+            self.states.len(),
+            if self.truncated { " (stopped at the limit)" } else { "" },
+            self.cases,
+            self.checked
+        );
+        for (i, s) in self.states.iter().enumerate() {
+            let v: Vec<String> = s.iter().map(|x| format!("{x:#x}")).collect();
+            out.push_str(&format!("  state {i}: [{}]\n", v.join(", ")));
+        }
+        for d in self
+            .differences
+            .iter()
+            .filter(|d| d.explained.is_none())
+            .take(5)
+        {
+            out.push_str(&format!(
+                "DIFFERENCE {} at step {} of {}: rules {} seen {}\n{}",
+                d.key,
+                d.at + 1,
+                d.accesses.len(),
+                d.rules,
+                d.seen,
+                d.scenario
+            ));
+        }
+        let mut documented: Vec<(&str, &str)> = self
+            .differences
+            .iter()
+            .filter_map(|d| d.explained.as_deref().map(|e| (d.key.as_str(), e)))
+            .collect();
+        documented.sort_unstable();
+        documented.dedup();
+        for (k, e) in documented {
+            out.push_str(&format!("documented {k}: {e}\n"));
+        }
+        let unexplained = self
+            .differences
+            .iter()
+            .filter(|d| d.explained.is_none())
+            .count();
+        if unexplained > 5 {
+            out.push_str(&format!(
+                "... and {} more unexplained differences\n",
+                unexplained - 5
+            ));
+        }
+        out.push_str(if self.pass { "PASS\n" } else { "FAIL\n" });
+        out
+    }
+
+    /// The machine-independent view for snapshots and kernel == user checks.
+    pub fn snapshot_view(&self) -> Vec<String> {
+        let mut v = vec![format!(
+            "explore {} backend {} pair {} vcpus {}: {} states, {} cases, {} checked, {} differences",
+            self.feature,
+            self.backend,
+            self.pair,
+            self.vcpus,
+            self.states.len(),
+            self.cases,
+            self.checked,
+            self.differences.len()
+        )];
+        for d in &self.differences {
+            let last = &d.accesses[d.at];
+            v.push(format!(
+                "  cpu{} {} {}: rules {} seen {}",
+                last.cpu,
+                if last.write.is_some() {
+                    "wrmsr"
+                } else {
+                    "rdmsr"
+                },
+                last.msr,
+                d.rules,
+                d.seen
+            ));
+        }
+        v
+    }
+
+    /// Writes the shortest differing case of each kind as a scenario file in `dir`.
+    pub fn write_scenarios(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let mut out = Vec::new();
+        for (i, d) in self.differences.iter().enumerate().take(20) {
+            let p = dir.join(format!("explore-{}-{i}.toml", self.feature));
+            std::fs::write(&p, &d.scenario)?;
+            out.push(p);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppin_ctl_write_classes_cover_fields_and_reserved_bits() {
+        let spec = FeatureSpec::find("ppin", &Catalog::builtin().unwrap()).unwrap();
+        let ctl = spec.register("ctl").unwrap();
+        assert_eq!(write_classes(ctl), vec![0, 1, 2, 3, 4, 1 << 63, u64::MAX]);
+        let value = spec.register("value").unwrap();
+        assert_eq!(write_classes(value), vec![0, 1, u64::MAX]);
+    }
+
+    #[test]
+    fn the_generated_scenario_parses_and_expects_the_rules() {
+        let catalog = Catalog::builtin().unwrap();
+        let spec = FeatureSpec::find("ppin", &catalog).unwrap();
+        let host = HostSources::default()
+            .with_explicit(&["MSR_AMD_PPIN=0x1122".into()], &catalog)
+            .unwrap();
+        let req = ExploreRequest {
+            kvm_path: "/dev/kvm".into(),
+            feature: &spec,
+            backend: Backend::User,
+            vcpus: 2,
+            announce: Announce::Amd,
+            host: &host,
+            limits: Limits::default(),
+            kvm_label: "host".into(),
+        };
+        let inputs = model_inputs(
+            &spec,
+            Backend::User,
+            CpuVendor::Amd,
+            Announce::Amd,
+            &host,
+            spec.capability.args,
+            &[],
+        )
+        .unwrap();
+        let fresh = RuleModel::new(spec.clone(), &inputs.announced, true);
+        let ctl = MsrIndex::new(0xc00102f0);
+        let accesses = [
+            Access {
+                cpu: 0,
+                msr: ctl,
+                write: Some(0b10),
+            },
+            Access {
+                cpu: 1,
+                msr: ctl,
+                write: Some(0b11),
+            },
+        ];
+        let text = scenario_text(&spec, &req, &accesses, 1, &catalog, &fresh);
+        let s = crate::scenario::Scenario::parse(&text, "generated", &catalog).unwrap();
+        assert_eq!(s.cases[0].rules, vec!["ctl-lockout-needs-enable-clear"]);
+        assert!(text.contains("value = 0x3, expect = \"gp\""), "{text}");
+    }
+}
