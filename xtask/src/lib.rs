@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 pub mod bench;
 pub mod bench_lab;
+pub mod check;
 pub mod codegen;
 pub mod initramfs;
 pub mod kernel;
@@ -18,6 +19,7 @@ pub mod pbv;
 pub mod pipeline;
 pub mod selftest;
 pub mod static_build;
+pub mod tree;
 
 /// Why an xtask step failed.
 #[derive(Debug, thiserror::Error)]
