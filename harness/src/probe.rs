@@ -75,6 +75,11 @@ pub fn fingerprint(
         backend,
         vcpus: outcome.ends.len(),
         host_sources: host.describe(),
+        announced: outcome
+            .model_inputs
+            .as_ref()
+            .map(|i| i.announced.clone())
+            .unwrap_or_default(),
     }
 }
 

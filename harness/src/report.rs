@@ -36,6 +36,8 @@ pub struct RunFingerprint {
     pub vcpus: usize,
     /// The host sources consulted, in order.
     pub host_sources: Vec<String>,
+    /// The vendors whose PPIN pair the guest's CPUID announced.
+    pub announced: Vec<CpuVendor>,
 }
 
 /// One (cpu, msr) of a report.
@@ -194,7 +196,7 @@ impl Report {
         let role = |index: MsrIndex| -> Option<String> {
             let f = feature?;
             f.pairs.iter().find_map(|p| {
-                let side = if p.vendor == self.fingerprint.guest_vendor {
+                let side = if self.fingerprint.announced.contains(&p.vendor) {
                     "announced"
                 } else {
                     "other"

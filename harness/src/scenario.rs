@@ -504,6 +504,9 @@ pub struct ScenarioReport {
     pub backend: Backend,
     /// The pairs the guest's CPUID announced by default (`intel`, `amd`, `both`).
     pub pair: String,
+    /// The pair as asked for (`vendor` unless the run named one): what snapshots show, so
+    /// they are the same on every host.
+    pub announce: Announce,
     /// The guest's CPU vendor.
     pub guest_vendor: CpuVendor,
     /// vCPU count.
@@ -520,7 +523,7 @@ impl ScenarioReport {
     pub fn snapshot_view(&self) -> Vec<String> {
         let mut out = vec![format!(
             "scenario {} backend {} pair {} vcpus {}",
-            self.scenario, self.backend, self.pair, self.vcpus
+            self.scenario, self.backend, self.announce, self.vcpus
         )];
         for c in &self.cases {
             let state = match (&c.skipped, c.pass) {
@@ -663,6 +666,7 @@ pub fn run_scenario(
         scenario: scenario.name.clone(),
         backend,
         pair: announce.label(vendor).to_owned(),
+        announce,
         guest_vendor: vendor,
         vcpus,
         cases,

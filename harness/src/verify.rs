@@ -139,7 +139,6 @@ pub fn judge_guest(
     guest: &ProbeReport,
     feature: Option<&FeatureSpec>,
     backend: Backend,
-    vendor: CpuVendor,
     inputs: Option<&ModelInputs>,
     host: &HostSources,
     catalog: &Catalog,
@@ -152,7 +151,15 @@ pub fn judge_guest(
     let mut expected_kernel_ppin = None;
     if let (Some(f), Some(m)) = (feature, oracle.as_mut()) {
         if f.model == ModelKind::Ppin && backend != Backend::None {
-            if let Some(pair) = f.pair_for(vendor) {
+            // ppin_init() (6.12, arch/x86/kernel/cpu/common.c) takes the first entry of
+            // ppin_cpuids[] whose CPUID bit is set: AMD's pair, then Intel's, whatever the
+            // CPU vendor, so a guest of one vendor given the other's bit reads that pair.
+            let announced = inputs.map_or(&[][..], |i| &i.announced[..]);
+            let pair = [CpuVendor::Amd, CpuVendor::Intel]
+                .into_iter()
+                .find(|v| announced.contains(v))
+                .and_then(|v| f.pair_for(v));
+            if let Some(pair) = pair {
                 expected_kernel_ppin = simulate_ppin_init(m.as_mut(), pair);
             }
         }
@@ -236,7 +243,6 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         &guest,
         req.feature,
         req.backend,
-        outcome.vendor,
         outcome.model_inputs.as_ref(),
         req.host,
         catalog,
@@ -261,6 +267,11 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
             backend: req.backend,
             vcpus: outcome.ends.len(),
             host_sources: req.host.describe(),
+            announced: outcome
+                .model_inputs
+                .as_ref()
+                .map(|i| i.announced.clone())
+                .unwrap_or_default(),
         },
         negotiation: outcome.negotiation.clone(),
         vcpus: outcome

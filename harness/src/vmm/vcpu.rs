@@ -197,6 +197,36 @@ fn pin_this_thread(cpu: usize) {
     }
 }
 
+/// Holds vCPU threads until all of them are set up.
+#[derive(Default)]
+struct StartGate {
+    /// (threads set up, threads started: known once every thread was spawned).
+    state: std::sync::Mutex<(usize, Option<usize>)>,
+    changed: std::sync::Condvar,
+}
+
+impl StartGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Option<usize>)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A vCPU thread is set up; returns once every started thread is.
+    fn ready_and_wait(&self) {
+        let mut st = self.lock();
+        st.0 += 1;
+        self.changed.notify_all();
+        while st.1.is_none_or(|n| st.0 < n) {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Every thread that will call [`StartGate::ready_and_wait`] has been started.
+    fn expect(&self, started: usize) {
+        self.lock().1 = Some(started);
+        self.changed.notify_all();
+    }
+}
+
 /// Runs every vCPU on its own thread until each ends or `deadline` passes, then kicks the
 /// rest. Each vCPU thread is pinned to one of the CPUs the process may run on, round robin:
 /// left to the scheduler, a new vCPU thread was measured waiting ~1 ms on the CPU of a vCPU
@@ -215,8 +245,13 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
     let mut handles: Vec<Option<JoinHandle<(VcpuFd, H)>>> = Vec::new();
     let count = vcpus.len();
     let allowed = allowed_cpus();
+    // No vCPU enters KVM_RUN before every vCPU has set itself up: a setup writes VM-wide
+    // state too (a VM-scoped MSR such as PPIN_CTL, set with KVM_SET_MSRS on each vCPU), and
+    // must not land after another vCPU's guest already changed it.
+    let gate = Arc::new(StartGate::default());
     for (id, (mut vcpu, mut handler)) in vcpus.into_iter().enumerate() {
         let (stop, vm_done, thread_tx) = (stop.clone(), vm_done.clone(), tx.clone());
+        let gate = gate.clone();
         let pin_to = (!allowed.is_empty()).then(|| allowed[id % allowed.len()]);
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -224,7 +259,9 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
                 if let Some(cpu) = pin_to {
                     pin_this_thread(cpu);
                 }
-                if let Err(error) = handler.before_run(&vcpu) {
+                let setup = handler.before_run(&vcpu);
+                gate.ready_and_wait();
+                if let Err(error) = setup {
                     let _ = thread_tx.send((id, VcpuEnd::RunError { error }));
                     return (vcpu, handler);
                 }
@@ -256,6 +293,7 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
             }
         }
     }
+    gate.expect(handles.iter().filter(|h| h.is_some()).count());
     drop(tx);
     let mut ends: Vec<Option<VcpuEnd>> = vec![None; count];
     let mut received = 0;
