@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bench_lab;
 pub mod check;
 pub mod codegen;
+pub mod export;
 pub mod initramfs;
 pub mod kernel;
 pub mod lab;

@@ -45,6 +45,14 @@ USAGE:
                                         KVM=m KVM_INTEL=m KVM_AMD=m KVM_WERROR=y WERROR=y on
                                         x86_64_defconfig) after each patch on its own: the
                                         tree with patches 1..N, for every N
+    cargo xtask patch export [--to DIR]
+                                        the main line as it is posted (default into
+                                        target/kvmcap/export/): KVM_CAP_PPIN renumbered to the
+                                        next free number of 7.2's uAPI, From:/Signed-off-by:
+                                        from your git identity (refused without one), the cover
+                                        letter listing the last patch-boot-verify runs, RFC
+                                        (the lab is emulated); checkpatch --strict and
+                                        get_maintainer.pl output in checks.txt
     cargo xtask codegen                 bindgen the series' uAPI constants into
                                         harness/src/kvm/ppin_uapi.rs (needs libclang-dev)
     cargo xtask lab [--scenario NAME ...] [--job KIND:SUBJECT:BACKEND:VCPUS ...]
@@ -82,6 +90,7 @@ struct Args {
     positional: Vec<String>,
     kernels: Vec<Kernel>,
     as_is: bool,
+    to: Option<PathBuf>,
     kernel_tree: Option<PathBuf>,
     scenarios: Vec<String>,
     bless: bool,
@@ -98,6 +107,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         positional: Vec::new(),
         kernels: vec![Kernel::Newest],
         as_is: false,
+        to: None,
         kernel_tree: None,
         scenarios: Vec::new(),
         bless: false,
@@ -120,6 +130,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
             "--kernel" => a.kernels = Kernel::parse_list(&value("--kernel")?)?,
             "--bless" => a.bless = true,
             "--as-is" => a.as_is = true,
+            "--to" => a.to = Some(value("--to")?.into()),
             "--quick" => a.quick = true,
             "--no-edit-loop" => a.no_edit_loop = true,
             "--no-lab" => a.no_lab = true,
@@ -210,7 +221,31 @@ fn cmd_pbv(a: &Args) -> Result<bool, XtaskError> {
         let run = lab::run(&art.lab_options(pbv::jobs(), out.join("console.log")))?;
         lab::save_reports(&run, &out)?;
         print!("{}", run.table());
-        rows.push((k.label().to_owned(), pbv::check(&run, a.bless)?));
+        let checks = pbv::check(&run, a.bless)?;
+        // What the export's cover letter says was tested.
+        let totals = run
+            .jobs
+            .iter()
+            .flatten()
+            .find(|o| o.job == format!("selftest:{}:kernel:1", pbv::SELFTEST))
+            .and_then(|o| o.report.get("output").and_then(|v| v.as_str()))
+            .and_then(|s| s.lines().find(|l| l.starts_with("# Totals")))
+            .unwrap_or("no TAP totals")
+            .to_owned();
+        let failed = checks.iter().filter(|c| !c.pass).count();
+        let summary = format!(
+            "  Linux {} ({}): {} checks, {failed} failed; {} {totals}\n",
+            k.label(),
+            art.tree.version,
+            checks.len(),
+            pbv::SELFTEST
+        );
+        let path = out.join("summary.txt");
+        std::fs::write(&path, summary).map_err(|e| XtaskError::Output {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
+        rows.push((k.label().to_owned(), checks));
         eprintln!("xtask: reports and logs in {}", out.display());
     }
     print!("{}", pbv::kernel_table(&rows));
@@ -264,6 +299,16 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
             }
             print!("{}", check::table(&results));
             Ok(results.iter().all(|r| r.pass))
+        }
+        ["patch", "export"] => {
+            let to =
+                a.to.clone()
+                    .unwrap_or_else(|| initramfs::out_dir().join("export"));
+            let base = kernel::fetch(Kernel::Newest, None)?;
+            for f in xtask::export::run(&base, &to)? {
+                println!("{}", f.display());
+            }
+            Ok(true)
         }
         ["codegen"] => {
             let list = patches::series(&patches::series_dir())?;
