@@ -439,7 +439,9 @@ pub fn edit_loop(runs: usize, cold: bool) -> Result<Bench, XtaskError> {
         patch_boot_verify()?;
         None
     };
-    let x86 = kernel_dir.join("patched/linux-source-6.12/arch/x86/kvm/x86.c");
+    let x86 = crate::patches::patched_root(crate::kernel::Kernel::Newest)
+        .join(crate::kernel::NEWEST_PACKAGE)
+        .join("arch/x86/kvm/x86.c");
     let mut samples = Vec::new();
     for _ in 0..runs {
         let f = std::fs::File::options()

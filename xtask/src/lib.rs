@@ -9,8 +9,10 @@ use std::path::PathBuf;
 
 pub mod bench;
 pub mod bench_lab;
+pub mod check;
 pub mod codegen;
 pub mod conformance;
+pub mod export;
 pub mod initramfs;
 pub mod kernel;
 pub mod lab;
@@ -19,6 +21,7 @@ pub mod pbv;
 pub mod pipeline;
 pub mod selftest;
 pub mod static_build;
+pub mod tree;
 
 /// Why an xtask step failed.
 #[derive(Debug, thiserror::Error)]

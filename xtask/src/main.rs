@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use xtask::kernel::Kernel;
 use xtask::{
-    codegen, conformance, initramfs, kernel, lab, patches, pbv, pipeline, static_build, XtaskError,
+    check, codegen, conformance, initramfs, kernel, lab, patches, pbv, pipeline, static_build,
+    XtaskError,
 };
 
 mod fuzz;
@@ -17,32 +19,62 @@ USAGE:
     cargo xtask static [PACKAGE...]     fully static binaries (glibc, +crt-static) of msr-probe
                                         (default) and/or kvmcap; prints their paths
     cargo xtask initramfs               the guest initramfs (static msr-probe as /init)
-    cargo xtask kernel fetch [--kernel-tree DIR]
-                                        Debian's linux-source-6.12 (installed with apt-get when
-                                        root), extracted under target/kernel/
-    cargo xtask kernel build [--kernel-tree DIR]
+    --kernel newest|6.12|all            which kernel the kernel, patch, lab and
+                                        patch-boot-verify commands work on (default newest:
+                                        Debian's linux-source-7.2 7.2.13-1, the main line in
+                                        kernel-patches/; 6.12: the backport in
+                                        kernel-patches/6.12/); each is cached on its own
+    cargo xtask kernel fetch [--kernel K] [--kernel-tree DIR]
+                                        the kernel source, extracted under target/kernel/
+                                        (newest: downloaded with a private apt tree under
+                                        target/kernel/apt/; 6.12: Debian's package, installed
+                                        with apt-get when root)
+    cargo xtask kernel build [--kernel K] [--kernel-tree DIR]
                                         tinyconfig + fixtures/kernel/kvmcap.config, cached by
                                         source version and fragment hash
-    cargo xtask patch                   apply kernel-patches/ to a copy of the source; a hunk
-                                        that fails is named with its file
+    cargo xtask patch [--kernel K] [--kernel-tree DIR [--as-is]]
+                                        apply the kernel's series to a copy of its source,
+                                        without fuzz; a hunk that fails is named with its file
+    --kernel-tree DIR                   the user's git checkout instead of Debian's source: the
+                                        series goes onto the temporary branch kvmcap/KERNEL
+                                        with git am -3, in a worktree target/kernel/tree-K/
+                                        (the checkout and its branch are not touched; a
+                                        conflict names the patch and file); the build is out
+                                        of tree under target/. --as-is: the tree as it stands
+    cargo xtask patch check [--kernel K]
+                                        compile what the series touches (arch/x86/kvm/ with
+                                        KVM=m KVM_INTEL=m KVM_AMD=m KVM_WERROR=y WERROR=y on
+                                        x86_64_defconfig) after each patch on its own: the
+                                        tree with patches 1..N, for every N
+    cargo xtask patch export [--to DIR]
+                                        the main line as it is posted (default into
+                                        target/kvmcap/export/): KVM_CAP_PPIN renumbered to the
+                                        next free number of 7.2's uAPI, From:/Signed-off-by:
+                                        from your git identity (refused without one), the cover
+                                        letter listing the last patch-boot-verify runs, RFC
+                                        (the lab is emulated); checkpatch --strict and
+                                        get_maintainer.pl output in checks.txt
     cargo xtask codegen                 bindgen the series' uAPI constants into
                                         harness/src/kvm/ppin_uapi.rs (needs libclang-dev)
     cargo xtask lab [--scenario NAME ...] [--job KIND:SUBJECT:BACKEND:VCPUS ...]
-                    [--kernel-tree DIR]
+                    [--kernel K] [--kernel-tree DIR]
                                         build the patched kernel and the lab initramfs, boot
                                         the lab under qemu-system-x86_64 -accel tcg -cpu max,
                                         run the jobs inside, print the verdicts (reports and
                                         the console log under target/kvmcap/lab/)
-    cargo xtask patch-boot-verify [--kernel-tree DIR] [--bless]
+    cargo xtask patch-boot-verify [--kernel K] [--kernel-tree DIR] [--bless]
                                         the whole loop: patch, build, boot the lab, run the
                                         series' selftest and every PPIN scenario and Linux-guest
                                         verify with backend kernel and user on 1 and 2 vCPUs;
                                         kernel must equal user and kernel-patches/expected/
-                                        (--bless rewrites those); logs under target/kvmcap/pbv/
+                                        (--bless rewrites those, shared by both kernels); one
+                                        summary table with a KERNEL column; logs under
+                                        target/kvmcap/pbv/KERNEL/
     cargo xtask conformance             stock KVM against the feature files written from the
                                         manuals (model = \"stock\"): kvmcap explore with backend
-                                        none in the lab and on this host; rewrites
-                                        docs/conformance.md; fails on an unexplained difference
+                                        none in the lab (newest kernel) and on this host;
+                                        rewrites docs/conformance.md; fails on an unexplained
+                                        difference
     cargo xtask bench [--quick] [--json PATH] [--no-edit-loop] [--no-lab]
                                         kvmcap against its peers in one invocation: median,
                                         p10, p90 and ratios; rewrites BENCHMARKS.md and
@@ -62,6 +94,9 @@ EXIT CODES: 0 pass, 1 usage or a failed verdict, 2 a tool could not start, 3 bui
 
 struct Args {
     positional: Vec<String>,
+    kernels: Vec<Kernel>,
+    as_is: bool,
+    to: Option<PathBuf>,
     kernel_tree: Option<PathBuf>,
     scenarios: Vec<String>,
     bless: bool,
@@ -76,6 +111,9 @@ struct Args {
 fn parse(args: &[String]) -> Result<Args, XtaskError> {
     let mut a = Args {
         positional: Vec::new(),
+        kernels: vec![Kernel::Newest],
+        as_is: false,
+        to: None,
         kernel_tree: None,
         scenarios: Vec::new(),
         bless: false,
@@ -95,7 +133,10 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         };
         match x.as_str() {
             "--kernel-tree" => a.kernel_tree = Some(value("--kernel-tree")?.into()),
+            "--kernel" => a.kernels = Kernel::parse_list(&value("--kernel")?)?,
             "--bless" => a.bless = true,
+            "--as-is" => a.as_is = true,
+            "--to" => a.to = Some(value("--to")?.into()),
             "--quick" => a.quick = true,
             "--no-edit-loop" => a.no_edit_loop = true,
             "--no-lab" => a.no_lab = true,
@@ -140,6 +181,19 @@ fn scenario_backends(name: &str) -> Result<Vec<String>, XtaskError> {
         .unwrap_or_default())
 }
 
+impl Args {
+    /// Where the kernel source comes from: Debian's, or `--kernel-tree DIR` (a git checkout the
+    /// series is applied to on a temporary branch, or with `--as-is` the tree as it stands).
+    fn source(&self) -> Result<pipeline::Source<'_>, XtaskError> {
+        match (self.kernel_tree.as_deref(), self.as_is) {
+            (None, false) => Ok(pipeline::Source::Debian),
+            (None, true) => Err(XtaskError::Usage("--as-is needs --kernel-tree DIR".into())),
+            (Some(d), false) => Ok(pipeline::Source::GitTree(d)),
+            (Some(d), true) => Ok(pipeline::Source::AsIs(d)),
+        }
+    }
+}
+
 fn cmd_lab(a: &Args) -> Result<bool, XtaskError> {
     let mut jobs = a.jobs.clone();
     for s in &a.scenarios {
@@ -150,24 +204,58 @@ fn cmd_lab(a: &Args) -> Result<bool, XtaskError> {
     if jobs.is_empty() {
         jobs = lab::DEFAULT_JOBS.iter().map(|s| s.to_string()).collect();
     }
-    let art = pipeline::prepare(a.kernel_tree.as_deref())?;
-    let out = initramfs::out_dir().join("lab");
-    let run = lab::run(&art.lab_options(jobs, out.join("console.log")))?;
-    lab::save_reports(&run, &out)?;
-    print!("{}", run.table());
-    Ok(run.pass())
+    let mut pass = true;
+    for &k in &a.kernels {
+        let art = pipeline::prepare_kernel(k, a.source()?)?;
+        let out = initramfs::out_dir().join("lab").join(k.id());
+        let run = lab::run(&art.lab_options(jobs.clone(), out.join("console.log")))?;
+        lab::save_reports(&run, &out)?;
+        if a.kernels.len() > 1 {
+            println!("kernel {} ({})", k.label(), art.tree.version);
+        }
+        print!("{}", run.table());
+        pass &= run.pass();
+    }
+    Ok(pass)
 }
 
 fn cmd_pbv(a: &Args) -> Result<bool, XtaskError> {
-    let art = pipeline::prepare(a.kernel_tree.as_deref())?;
-    let out = initramfs::out_dir().join("pbv");
-    let run = lab::run(&art.lab_options(pbv::jobs(), out.join("console.log")))?;
-    lab::save_reports(&run, &out)?;
-    print!("{}", run.table());
-    let checks = pbv::check(&run, a.bless)?;
-    print!("{}", pbv::table(&checks));
-    eprintln!("xtask: reports and logs in {}", out.display());
-    Ok(checks.iter().all(|c| c.pass))
+    let mut rows = Vec::new();
+    for &k in &a.kernels {
+        let art = pipeline::prepare_kernel(k, a.source()?)?;
+        let out = initramfs::out_dir().join("pbv").join(k.id());
+        let run = lab::run(&art.lab_options(pbv::jobs(), out.join("console.log")))?;
+        lab::save_reports(&run, &out)?;
+        print!("{}", run.table());
+        let checks = pbv::check(&run, a.bless)?;
+        // What the export's cover letter says was tested.
+        let totals = run
+            .jobs
+            .iter()
+            .flatten()
+            .find(|o| o.job == format!("selftest:{}:kernel:1", pbv::SELFTEST))
+            .and_then(|o| o.report.get("output").and_then(|v| v.as_str()))
+            .and_then(|s| s.lines().find(|l| l.starts_with("# Totals")))
+            .unwrap_or("no TAP totals")
+            .to_owned();
+        let failed = checks.iter().filter(|c| !c.pass).count();
+        let summary = format!(
+            "  Linux {} ({}): {} checks, {failed} failed; {} {totals}\n",
+            k.label(),
+            art.tree.version,
+            checks.len(),
+            pbv::SELFTEST
+        );
+        let path = out.join("summary.txt");
+        std::fs::write(&path, summary).map_err(|e| XtaskError::Output {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
+        rows.push((k.label().to_owned(), checks));
+        eprintln!("xtask: reports and logs in {}", out.display());
+    }
+    print!("{}", pbv::kernel_table(&rows));
+    Ok(rows.iter().all(|(_, checks)| checks.iter().all(|c| c.pass)))
 }
 
 fn run(args: &[String]) -> Result<bool, XtaskError> {
@@ -190,16 +278,17 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
             Ok(true)
         }
         ["kernel", "fetch"] => {
-            let t = kernel::fetch(a.kernel_tree.as_deref())?;
-            println!("{} ({})", t.dir.display(), t.version);
+            for &k in &a.kernels {
+                let t = kernel::fetch(k, a.kernel_tree.as_deref())?;
+                println!("{} ({})", t.dir.display(), t.version);
+            }
             Ok(true)
         }
         ["kernel", "build"] => {
-            let tree = match a.kernel_tree.as_deref() {
-                Some(t) => kernel::fetch(Some(t))?,
-                None => patches::apply(&kernel::fetch(None)?, &patches::series_dir())?,
-            };
-            println!("{}", kernel::build(&tree, "")?.bzimage.display());
+            for &k in &a.kernels {
+                let tree = pipeline::source_tree(k, a.source()?)?;
+                println!("{}", kernel::build(&tree, "")?.bzimage.display());
+            }
             Ok(true)
         }
         ["conformance"] => {
@@ -223,13 +312,33 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
             Ok(ok)
         }
         ["patch"] => {
-            let tree = patches::apply(&kernel::fetch(None)?, &patches::series_dir())?;
-            println!("{}", tree.dir.display());
+            for &k in &a.kernels {
+                let tree = pipeline::source_tree(k, a.source()?)?;
+                println!("{}", tree.dir.display());
+            }
+            Ok(true)
+        }
+        ["patch", "check"] => {
+            let mut results = Vec::new();
+            for &k in &a.kernels {
+                results.extend(check::run(k, &kernel::fetch(k, None)?)?);
+            }
+            print!("{}", check::table(&results));
+            Ok(results.iter().all(|r| r.pass))
+        }
+        ["patch", "export"] => {
+            let to =
+                a.to.clone()
+                    .unwrap_or_else(|| initramfs::out_dir().join("export"));
+            let base = kernel::fetch(Kernel::Newest, None)?;
+            for f in xtask::export::run(&base, &to)? {
+                println!("{}", f.display());
+            }
             Ok(true)
         }
         ["codegen"] => {
             let list = patches::series(&patches::series_dir())?;
-            let tree = patches::apply(&kernel::fetch(None)?, &patches::series_dir())?;
+            let tree = patches::apply(Kernel::Newest, &kernel::fetch(Kernel::Newest, None)?)?;
             println!(
                 "{}",
                 codegen::generate(&tree, &patches::series_hash(&list)?)?.display()

@@ -343,6 +343,35 @@ pub fn table(checks: &[Check]) -> String {
     out
 }
 
+/// The summary of a run over one or more kernels: the [`table`] with a KERNEL column.
+pub fn kernel_table(rows: &[(String, Vec<Check>)]) -> String {
+    let mut out = format!(
+        "{:<7} {:<44} {:<6} {:<6} DETAIL\n",
+        "KERNEL", "CHECK", "PAIR", "RESULT"
+    );
+    for (kernel, checks) in rows {
+        for c in checks {
+            out.push_str(&format!(
+                "{:<7} {:<44} {:<6} {:<6} {}\n",
+                kernel,
+                c.what,
+                c.pair,
+                if c.pass { "pass" } else { "FAIL" },
+                c.detail
+            ));
+        }
+    }
+    let total: usize = rows.iter().map(|(_, c)| c.len()).sum();
+    let failed = rows.iter().flat_map(|(_, c)| c).filter(|c| !c.pass).count();
+    let kernels: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    out.push_str(&format!(
+        "{}: {total} checks on kernel {}, {failed} failed\n",
+        if failed == 0 { "GREEN" } else { "RED" },
+        kernels.join(" and ")
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +399,27 @@ mod tests {
             "{d}"
         );
         assert_eq!(first_difference(&neutral(&a), &neutral(&a), ""), None);
+    }
+
+    #[test]
+    fn the_kernel_table_names_each_row_s_kernel() {
+        let c = |pass| Check {
+            what: "selftest:ppin_test:kernel:1".into(),
+            pair: "-".into(),
+            pass,
+            detail: String::new(),
+        };
+        let t = kernel_table(&[
+            ("7.2".into(), vec![c(true)]),
+            ("6.12".into(), vec![c(false)]),
+        ]);
+        assert!(t.starts_with("KERNEL "), "{t}");
+        assert!(t.contains("\n7.2     selftest:ppin_test:kernel:1"), "{t}");
+        assert!(t.contains("\n6.12    selftest"), "{t}");
+        assert!(
+            t.ends_with("RED: 2 checks on kernel 7.2 and 6.12, 1 failed\n"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -2,12 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::kernel::{self, Built, SourceTree};
-use crate::{initramfs, lab, patches, pbv, selftest, XtaskError};
+use crate::kernel::{self, Built, Kernel, SourceTree};
+use crate::{initramfs, lab, patches, pbv, selftest, tree, XtaskError};
 
 /// Everything a lab boot needs.
 #[derive(Clone, Debug)]
 pub struct Artifacts {
+    /// The kernel it was built for.
+    pub kernel: Kernel,
     /// The (patched) source tree.
     pub tree: SourceTree,
     /// The kernel build.
@@ -34,18 +36,48 @@ impl Artifacts {
     }
 }
 
-/// Fetches the source, applies `kernel-patches/` (unless `tree` is the user's own, which is
-/// used as it is), builds the kernel and the series' selftest, and packs the lab initramfs.
+/// Where a kernel's source comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// Debian's source of the kernel with its series applied (`target/kernel/patched-KERNEL/`).
+    Debian,
+    /// The user's git checkout with the series applied by `git am -3` on a temporary branch
+    /// in a worktree under `target/kernel/` (`--kernel-tree DIR`).
+    GitTree(&'a Path),
+    /// A tree used as it stands (`--kernel-tree DIR --as-is`).
+    AsIs(&'a Path),
+}
+
+/// The (patched) source tree of `kernel` from `source`.
+pub fn source_tree(kernel: Kernel, source: Source<'_>) -> Result<SourceTree, XtaskError> {
+    match source {
+        Source::Debian => patches::apply(kernel, &kernel::fetch(kernel, None)?),
+        Source::GitTree(dir) => tree::apply_series(
+            dir,
+            &patches::series(&kernel.series_dir())?,
+            kernel.id(),
+            &tree::worktree(kernel),
+        ),
+        Source::AsIs(dir) => kernel::fetch(kernel, Some(dir)),
+    }
+}
+
+/// [`prepare_kernel`] for the main line (the newest kernel): Debian's source with the series,
+/// or `tree` as it stands.
 pub fn prepare(tree: Option<&Path>) -> Result<Artifacts, XtaskError> {
+    prepare_kernel(Kernel::Newest, tree.map_or(Source::Debian, Source::AsIs))
+}
+
+/// Gets `kernel`'s source with its series from `source`, builds the kernel and the series'
+/// selftest, and packs the lab initramfs. Each kernel has its own patched copy, build and
+/// selftest folders under `target/kernel/`.
+pub fn prepare_kernel(kernel: Kernel, source: Source<'_>) -> Result<Artifacts, XtaskError> {
     if lab::qemu().is_err() {
         // As root this installs QEMU; otherwise it names the apt-get command.
         kernel::ensure_packages(&["qemu-system-x86"])?;
     }
     let t = std::time::Instant::now();
-    let tree = match tree {
-        Some(t) => kernel::fetch(Some(t))?,
-        None => patches::apply(&kernel::fetch(None)?, &patches::series_dir())?,
-    };
+    let tree = source_tree(kernel, source)?;
     let t_tree = t.elapsed();
     let built = kernel::build(&tree, "")?;
     eprintln!(
@@ -58,12 +90,14 @@ pub fn prepare(tree: Option<&Path>) -> Result<Artifacts, XtaskError> {
     );
     let t = std::time::Instant::now();
     let mut selftests = Vec::new();
-    let source = tree.dir.join(format!(
-        "tools/testing/selftests/kvm/x86_64/{}.c",
-        pbv::SELFTEST
-    ));
-    if source.exists() {
-        selftests.push(selftest::build(&tree, &built.build_dir, pbv::SELFTEST)?);
+    if let Some(subdir) = selftest::subdir(kernel, &tree.dir, pbv::SELFTEST) {
+        selftests.push(selftest::build(
+            kernel,
+            &tree,
+            &built.build_dir,
+            subdir,
+            pbv::SELFTEST,
+        )?);
     }
     let t_selftest = t.elapsed();
     let initramfs = initramfs::lab(&built.bzimage, &selftests)?;
@@ -73,6 +107,7 @@ pub fn prepare(tree: Option<&Path>) -> Result<Artifacts, XtaskError> {
         (t.elapsed() - t_selftest).as_secs_f64()
     );
     Ok(Artifacts {
+        kernel,
         tree,
         built,
         selftests,

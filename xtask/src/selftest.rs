@@ -5,30 +5,61 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::kernel::{tail, SourceTree};
+use crate::kernel::{tail, Kernel, SourceTree};
 use crate::{target_dir, XtaskError};
 
-/// Builds `tools/testing/selftests/kvm/x86_64/NAME` and returns the binary.
-pub fn build(tree: &SourceTree, build_dir: &Path, name: &str) -> Result<PathBuf, XtaskError> {
-    let run = |cmd: &mut Command, what: &str| -> Result<(), XtaskError> {
-        let out = cmd.output().map_err(|source| XtaskError::Spawn {
-            tool: "make".into(),
-            source,
-        })?;
-        if !out.status.success() {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return Err(XtaskError::Build {
-                command: what.to_owned(),
-                status: out.status.to_string(),
-                tail: tail(&text, 25),
-            });
-        }
-        Ok(())
-    };
+/// The folder of `kernel`'s x86 selftests that holds `NAME.c` in `tree` (`x86/` since 6.15,
+/// `x86_64/` before; a user's tree may be either).
+pub fn subdir(kernel: Kernel, tree: &Path, name: &str) -> Option<&'static str> {
+    let kvm = tree.join("tools/testing/selftests/kvm");
+    [kernel.selftest_subdir(), "x86", "x86_64"]
+        .into_iter()
+        .find(|d| kvm.join(d).join(format!("{name}.c")).exists())
+}
+
+/// Builds `tools/testing/selftests/kvm/SUBDIR/NAME` of `kernel`'s tree and returns the binary.
+pub fn build(
+    kernel: Kernel,
+    tree: &SourceTree,
+    build_dir: &Path,
+    subdir: &str,
+    name: &str,
+) -> Result<PathBuf, XtaskError> {
+    let out = target_dir()
+        .join("kernel")
+        .join(format!("selftests-{}", kernel.id()));
+    build_into(tree, build_dir, subdir, name, &out)
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), XtaskError> {
+    let out = cmd.output().map_err(|source| XtaskError::Spawn {
+        tool: "make".into(),
+        source,
+    })?;
+    if !out.status.success() {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Err(XtaskError::Build {
+            command: what.to_owned(),
+            status: out.status.to_string(),
+            tail: tail(&text, 25),
+        });
+    }
+    Ok(())
+}
+
+/// [`build`] with the selftests' build output in `out`: `make headers` into `build_dir`
+/// (configured), then the selftest, static.
+pub fn build_into(
+    tree: &SourceTree,
+    build_dir: &Path,
+    subdir: &str,
+    name: &str,
+    out: &Path,
+) -> Result<PathBuf, XtaskError> {
     run(
         Command::new("make")
             .arg("-C")
@@ -37,12 +68,11 @@ pub fn build(tree: &SourceTree, build_dir: &Path, name: &str) -> Result<PathBuf,
             .arg("headers"),
         "make headers",
     )?;
-    let out = target_dir().join("kernel").join("selftests");
-    std::fs::create_dir_all(&out).map_err(|e| XtaskError::Output {
-        path: out.clone(),
+    std::fs::create_dir_all(out).map_err(|e| XtaskError::Output {
+        path: out.to_owned(),
         problem: e.to_string(),
     })?;
-    let bin = out.join("x86_64").join(name);
+    let bin = out.join(subdir).join(name);
     let jobs = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .to_string();
@@ -58,7 +88,7 @@ pub fn build(tree: &SourceTree, build_dir: &Path, name: &str) -> Result<PathBuf,
             ))
             .arg(format!("OUTPUT={}", out.display()))
             .arg(&bin),
-        &format!("make selftest x86_64/{name}"),
+        &format!("make selftest {subdir}/{name}"),
     )?;
     Ok(bin)
 }
