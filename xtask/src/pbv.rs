@@ -20,6 +20,7 @@ pub const PAIRED: &[(&str, &str, u8)] = &[
     ("run", "ppin-ctl-states", 2),
     ("run", "ppin-enable", 1),
     ("explore", "ppin", 2),
+    ("explore", "platform-info", 2),
     ("probe", "ppin", 2),
     ("verify", "ppin", 1),
     ("verify", "ppin", 2),
