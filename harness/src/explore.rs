@@ -419,7 +419,10 @@ fn scenario_text(
             Reading::Value(v) => format!("{v:#x}"),
             Reading::Unavailable(_) => "\"gp\"".to_owned(),
         };
-        let name = catalog.name_of(a.msr);
+        let name = match catalog.name_of(a.msr) {
+            "?" => a.msr.to_string(),
+            n => n.to_owned(),
+        };
         steps.push(match a.write {
             Some(v) => format!(
                 "  {{ cpu = {}, write = \"{name}\", value = {v:#x}, expect = {expect} }},",
