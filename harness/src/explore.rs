@@ -96,8 +96,9 @@ pub struct Exploration {
 }
 
 /// The write classes for a register: 0, all-ones, each combination of its writable fields
-/// (single-bit fields; a wider field takes 0 and its maximum), and each reserved bit group's
-/// lowest and highest bit.
+/// (single-bit fields; a wider field takes 0 and its maximum), each reserved bit group's
+/// lowest and highest bit, and the lowest reserved bit with every writable bit (a handler
+/// that checks only the valid bits, or only one of them, lets that through).
 pub fn write_classes(reg: &crate::feature::Register) -> Vec<u64> {
     let mut v = vec![0, u64::MAX];
     let fields: Vec<u64> = reg
@@ -121,6 +122,7 @@ pub fn write_classes(reg: &crate::feature::Register) -> Vec<u64> {
         let reserved = !reg.writable;
         v.push(1 << reserved.trailing_zeros());
         v.push(1 << (63 - reserved.leading_zeros()));
+        v.push((1 << reserved.trailing_zeros()) | reg.writable);
     }
     v.sort_unstable();
     v.dedup();
@@ -577,7 +579,10 @@ mod tests {
     fn ppin_ctl_write_classes_cover_fields_and_reserved_bits() {
         let spec = FeatureSpec::find("ppin", &Catalog::builtin().unwrap()).unwrap();
         let ctl = spec.register("ctl").unwrap();
-        assert_eq!(write_classes(ctl), vec![0, 1, 2, 3, 4, 1 << 63, u64::MAX]);
+        assert_eq!(
+            write_classes(ctl),
+            vec![0, 1, 2, 3, 4, 7, 1 << 63, u64::MAX]
+        );
         let value = spec.register("value").unwrap();
         assert_eq!(write_classes(value), vec![0, 1, u64::MAX]);
     }
