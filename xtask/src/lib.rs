@@ -16,6 +16,7 @@ pub mod export;
 pub mod initramfs;
 pub mod kernel;
 pub mod lab;
+pub mod mutants;
 pub mod patches;
 pub mod pbv;
 pub mod pipeline;

@@ -70,6 +70,11 @@ USAGE:
                                         (--bless rewrites those, shared by both kernels); one
                                         summary table with a KERNEL column; logs under
                                         target/kvmcap/pbv/KERNEL/
+    cargo xtask mutants                 mutants of the main line's PPIN handlers (each condition
+                                        negated, early return dropped, error code and mask
+                                        swapped), each built and run in the lab against the
+                                        selftest, the PPIN scenarios and kvmcap explore;
+                                        rewrites kernel-patches/MUTANTS.md with the score
     cargo xtask conformance             stock KVM against the feature files written from the
                                         manuals (model = \"stock\"): kvmcap explore with backend
                                         none in the lab (newest kernel) and on this host;
@@ -290,6 +295,18 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
                 println!("{}", kernel::build(&tree, "")?.bzimage.display());
             }
             Ok(true)
+        }
+        ["mutants"] => {
+            let outcomes = xtask::mutants::run()?;
+            let md = xtask::mutants::report(&outcomes);
+            let path = xtask::workspace_root().join("kernel-patches/MUTANTS.md");
+            std::fs::write(&path, &md).map_err(|e| XtaskError::Output {
+                path: path.clone(),
+                problem: e.to_string(),
+            })?;
+            print!("{md}");
+            eprintln!("xtask: wrote {}", path.display());
+            Ok(outcomes.iter().all(|o| o.verdict != "survived"))
         }
         ["conformance"] => {
             let features = conformance::stock_features()?;
