@@ -605,6 +605,7 @@ pub fn write_report(benches: &[Bench], json_path: Option<&Path>) -> Result<Strin
          - Lab figures come from QEMU TCG (emulated SVM): absolute times are the lab's; the ratios are the point.\n\
          - The cold edit loop removes `target/kernel` only (Rust artifacts stay built); `--quick` skips it.\n",
     );
+    md.push_str(&crate::mutants::benchmarks_section());
     write(&workspace_root().join("BENCHMARKS.md"), &md)?;
     write(&workspace_root().join("benchmarks.svg"), &svg(benches))?;
     Ok(table)

@@ -172,22 +172,50 @@ pub fn run(o: &LabOptions) -> Result<LabRun, XtaskError> {
         what: "QEMU's stdout".into(),
         hint: String::new(),
     })?;
+    // The lab says it is done on its console before it reboots (`-no-reboot` then ends
+    // QEMU). Seen once under TCG: the reboot never completed and QEMU idled until the
+    // deadline; a lab that said it is done gets a few seconds to exit, then is ended.
+    let done_seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = done_seen.clone();
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stdout.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    let tail = &buf[buf.len().saturating_sub(n + 32)..];
+                    if tail.windows(16).any(|w| w == b"kvmcap lab: done") {
+                        seen.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                }
+            }
+        }
         buf
     });
     let mut timed_out = false;
+    let mut done_at: Option<Instant> = None;
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
+            Ok(None) if done_at.is_some_and(|t| t.elapsed() > Duration::from_secs(15)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
             Ok(None) if start.elapsed() > o.deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
                 timed_out = true;
                 break;
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                if done_at.is_none() && done_seen.load(std::sync::atomic::Ordering::Acquire) {
+                    done_at = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(_) => break,
         }
     }

@@ -305,7 +305,11 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
                 problem: e.to_string(),
             })?;
             print!("{md}");
-            eprintln!("xtask: wrote {}", path.display());
+            xtask::mutants::update_benchmarks()?;
+            eprintln!(
+                "xtask: wrote {} and the score in BENCHMARKS.md",
+                path.display()
+            );
             Ok(outcomes.iter().all(|o| o.verdict != "survived"))
         }
         ["conformance"] => {

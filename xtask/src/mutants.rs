@@ -161,6 +161,11 @@ pub fn run() -> Result<Vec<Outcome>, XtaskError> {
         path: file.clone(),
         problem: e.to_string(),
     })?;
+    // A run cut off mid-mutant would leave the mutant in the tree: drop the series' applied
+    // stamp first, so the next `cargo xtask` applies the series afresh whatever happens here.
+    if let Some(root) = art.tree.dir.parent() {
+        let _ = std::fs::remove_file(root.join(".applied"));
+    }
     let mutants = generate(&original);
     eprintln!("xtask: {} mutants of the series' handlers", mutants.len());
     let mut out = Vec::new();
@@ -250,6 +255,49 @@ pub fn report(outcomes: &[Outcome]) -> String {
         ));
     }
     md
+}
+
+/// The section of BENCHMARKS.md that carries the score of the last `cargo xtask mutants`
+/// (read from `kernel-patches/MUTANTS.md`), or nothing if it never ran.
+pub fn benchmarks_section() -> String {
+    let path = crate::workspace_root().join("kernel-patches/MUTANTS.md");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    match text.lines().find(|l| l.starts_with("**Score:")) {
+        Some(score) => format!(
+            "\n## Mutation score\n\n{score} `cargo xtask mutants`: mutants of the main line's PPIN \
+             handlers, each built and run in the lab; every mutant and the check that killed it are in \
+             `kernel-patches/MUTANTS.md`.\n"
+        ),
+        None => String::new(),
+    }
+}
+
+/// Puts [`benchmarks_section`] into BENCHMARKS.md in place of the previous one.
+pub fn update_benchmarks() -> Result<(), XtaskError> {
+    let path = crate::workspace_root().join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let kept = match text.find("\n## Mutation score") {
+        Some(i) => {
+            let rest = &text[i + 1..];
+            let end = rest.find("\n## ").map_or(text.len(), |j| i + 1 + j);
+            format!("{}{}", &text[..i], &text[end..])
+        }
+        None => text,
+    };
+    std::fs::write(
+        &path,
+        format!(
+            "{}{}",
+            kept.trim_end_matches('\n').to_owned() + "\n",
+            benchmarks_section()
+        ),
+    )
+    .map_err(|e| XtaskError::Output {
+        path: path.clone(),
+        problem: e.to_string(),
+    })
 }
 
 #[cfg(test)]
