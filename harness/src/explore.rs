@@ -413,13 +413,9 @@ fn scenario_text(
             }
         }
         let expect = match outcome_of(model, a) {
-            Reading::Fault(_) => "\"gp\"".to_owned(),
-            Reading::Value(v) if a.write.is_some() => {
-                let _ = v;
-                "\"ok\"".to_owned()
-            }
+            Reading::Value(_) if a.write.is_some() => "\"ok\"".to_owned(),
             Reading::Value(v) => format!("{v:#x}"),
-            Reading::Unavailable(_) => "\"gp\"".to_owned(),
+            Reading::Fault(_) | Reading::Unavailable(_) => "\"gp\"".to_owned(),
         };
         let name = match catalog.name_of(a.msr) {
             "?" => a.msr.to_string(),
@@ -444,11 +440,7 @@ fn scenario_text(
             .map(|r| vec![r.id.clone()])
             .unwrap_or_default();
     }
-    let backends = match req.backend {
-        Backend::None => "\"none\"",
-        Backend::User => "\"user\"",
-        Backend::Kernel => "\"kernel\"",
-    };
+    let backends = format!("\"{}\"", req.backend);
     let host: String = req
         .host
         .supplied_value(&spec.pairs.iter().map(|p| p.value).collect::<Vec<_>>())

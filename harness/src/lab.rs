@@ -209,6 +209,13 @@ fn run_job_untimed(
         Ok(h) => h,
         Err(e) => return fail(e.to_string()),
     };
+    let judged = |pass: bool, snapshot: serde_json::Value, report: serde_json::Value| JobResult {
+        job: job.name(),
+        pass,
+        snapshot,
+        report,
+        job_ms: 0.0,
+    };
     let limits = Limits {
         deadline: Duration::from_secs(
             if matches!(job.kind.as_str(), "verify" | "catalog" | "qemu") {
@@ -258,13 +265,7 @@ fn run_job_untimed(
                 },
                 catalog,
             ) {
-                Ok(r) => JobResult {
-                    job: job.name(),
-                    pass: r.pass,
-                    snapshot: to_value(&r.snapshot_view()),
-                    report: to_value(&r),
-                    job_ms: 0.0,
-                },
+                Ok(r) => judged(r.pass, to_value(&r.snapshot_view()), to_value(&r)),
                 Err(e) => fail(e.to_string()),
             }
         }
@@ -283,13 +284,7 @@ fn run_job_untimed(
                 catalog,
                 limits,
             ) {
-                Ok(r) => JobResult {
-                    job: job.name(),
-                    pass: r.pass,
-                    snapshot: to_value(&r.snapshot_view()),
-                    report: to_value(&r),
-                    job_ms: 0.0,
-                },
+                Ok(r) => judged(r.pass, to_value(&r.snapshot_view()), to_value(&r)),
                 Err(e) => fail(e.to_string()),
             }
         }

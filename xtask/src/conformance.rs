@@ -14,17 +14,8 @@ use crate::{initramfs, lab, pipeline, static_build, workspace_root, XtaskError};
 
 /// The feature files of stock KVM behaviour, by name.
 pub fn stock_features() -> Result<Vec<String>, XtaskError> {
-    let dir = workspace_root().join("fixtures/features");
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(&dir).map_err(|e| XtaskError::Output {
-        path: dir.clone(),
-        problem: e.to_string(),
-    })?;
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.extension().is_none_or(|x| x != "toml") {
-            continue;
-        }
+    for p in crate::initramfs::fixture_tomls("features")? {
         let text = std::fs::read_to_string(&p).map_err(|e| XtaskError::Output {
             path: p.clone(),
             problem: e.to_string(),
@@ -59,14 +50,15 @@ pub fn on_this_host(features: &[String]) -> Result<Vec<Column>, XtaskError> {
         .unwrap_or_else(|_| "this host".into());
     let mut out = Vec::new();
     for f in features {
-        let run = Command::new(&kvmcap)
-            .args(["explore", f, "--backend", "none", "--vcpus", "2", "--json"])
-            .output()
-            .map_err(|source| XtaskError::Spawn {
-                tool: kvmcap.display().to_string(),
-                source,
-            })?;
+        // Without /dev/kvm there is nothing to run: say so in the table, do not run kvmcap.
         let result = if Path::new("/dev/kvm").exists() {
+            let run = Command::new(&kvmcap)
+                .args(["explore", f, "--backend", "none", "--vcpus", "2", "--json"])
+                .output()
+                .map_err(|source| XtaskError::Spawn {
+                    tool: kvmcap.display().to_string(),
+                    source,
+                })?;
             serde_json::from_slice::<Value>(&run.stdout)
                 .map_err(|_| String::from_utf8_lossy(&run.stderr).trim().to_owned())
         } else {

@@ -155,6 +155,21 @@ pub fn bench_lab(
     Ok(path)
 }
 
+/// The `.toml` files of `fixtures/SUB/`, sorted.
+pub fn fixture_tomls(sub: &str) -> Result<Vec<PathBuf>, XtaskError> {
+    let dir = workspace_root().join("fixtures").join(sub);
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| XtaskError::Output {
+            path: dir.clone(),
+            problem: e.to_string(),
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 fn lab_builder(guest_kernel: &Path, selftests: &[PathBuf]) -> Result<Builder, XtaskError> {
     let guest = guest()?;
     let kvmcap = static_build::build("kvmcap")?;
@@ -173,39 +188,14 @@ fn lab_builder(guest_kernel: &Path, selftests: &[PathBuf]) -> Result<Builder, Xt
             .unwrap_or_default();
         b.file(&format!("selftests/{name}"), 0o755, read(t)?);
     }
-    let dir = workspace_root().join("fixtures/scenarios");
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| XtaskError::Output {
-            path: dir.clone(),
-            problem: e.to_string(),
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    names.sort();
-    for p in names {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        b.file(&format!("scenarios/{name}"), 0o644, read(&p)?);
-    }
-    let dir = workspace_root().join("fixtures/features");
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| XtaskError::Output {
-            path: dir.clone(),
-            problem: e.to_string(),
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    names.sort();
-    for p in names {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        b.file(&format!("features/{name}"), 0o644, read(&p)?);
+    for sub in ["scenarios", "features"] {
+        for p in fixture_tomls(sub)? {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            b.file(&format!("{sub}/{name}"), 0o644, read(&p)?);
+        }
     }
     Ok(b)
 }
