@@ -1,5 +1,5 @@
-//! Assembles the bare probe guest's exception handlers (src/bare/probe.S) and its multiboot
-//! entry for other VMMs (src/bare/multiboot.S) with the C toolchain the `cc` crate finds (GNU
+//! Assembles the bare probe guest's exception handlers (src/guests/bare/probe.S) and its multiboot
+//! entry for other VMMs (src/guests/bare/multiboot.S) with the C toolchain the `cc` crate finds (GNU
 //! as through gcc), then extracts each one's position-independent .text as a flat image that
 //! kvmcap embeds. No prebuilt blobs: the images are rebuilt from source on every change.
 
@@ -14,7 +14,7 @@ fn run(cmd: &mut Command, what: &str) {
 }
 
 fn assemble(name: &str, what: &str) {
-    let src = PathBuf::from(format!("src/bare/{name}.S"));
+    let src = PathBuf::from(format!("src/guests/bare/{name}.S"));
     println!("cargo:rerun-if-changed={}", src.display());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let obj = out.join(format!("{name}.o"));

@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use kvmcap::bare::{MsrOp, OpResult};
+use kvmcap::guests::bare::{MsrOp, OpResult};
 use msr_probe::frame::{self, Decoder, Progress};
 use msr_probe::{Catalog, MsrIndex, ProbeReport};
 
@@ -108,7 +108,7 @@ pub fn catalog(data: &[u8]) -> bool {
 /// Feature specs, against the built-in catalog.
 pub fn feature(data: &[u8]) -> bool {
     let text = String::from_utf8_lossy(data);
-    let Ok(f) = kvmcap::feature::FeatureSpec::parse(&text, "fuzz", builtin_catalog()) else {
+    let Ok(f) = kvmcap::features::FeatureSpec::parse(&text, "fuzz", builtin_catalog()) else {
         return false;
     };
     for p in &f.pairs {
@@ -121,7 +121,8 @@ pub fn feature(data: &[u8]) -> bool {
 /// Scenarios, against the built-in catalog.
 pub fn scenario(data: &[u8]) -> bool {
     let text = String::from_utf8_lossy(data);
-    let Ok(s) = kvmcap::scenario::Scenario::parse(&text, "fuzz", builtin_catalog()) else {
+    let Ok(s) = kvmcap::commands::scenario::Scenario::parse(&text, "fuzz", builtin_catalog())
+    else {
         return false;
     };
     assert!(!s.cases.is_empty());
@@ -140,7 +141,7 @@ pub fn profile(data: &[u8]) -> bool {
 /// results validate.
 pub fn results(data: &[u8]) -> bool {
     let (cpu, ops, area) = results_input(data);
-    let Ok(Ok(r)) = kvmcap::vmm::machine::fuzz_bare_results(cpu, &ops, area) else {
+    let Ok(Ok(r)) = kvmcap::guests::bare::run::fuzz_bare_results(cpu, &ops, area) else {
         return false;
     };
     assert!(r.len() <= ops.len());
@@ -155,7 +156,7 @@ pub fn results(data: &[u8]) -> bool {
 fn results_input(data: &[u8]) -> (u8, Vec<MsrOp>, &[u8]) {
     let cpu = data.first().copied().unwrap_or(0);
     let count = match data.get(1).copied().unwrap_or(0) {
-        255 => kvmcap::bare::MAX_OPS + 1,
+        255 => kvmcap::guests::bare::MAX_OPS + 1,
         n => usize::from(n) % 33,
     };
     let rest = data.get(2..).unwrap_or_default();
@@ -232,7 +233,7 @@ const SERIAL: u16 = 0x3f8;
 /// the console settled (a frame arrived or broke).
 pub fn console(data: &[u8]) -> bool {
     let exits = decode_exits(data, SERIAL, MAX_EXITS);
-    let (bytes, settled) = kvmcap::vmm::linux::fuzz_io_exits(&exits);
+    let (bytes, settled) = kvmcap::guests::linux::fuzz_io_exits(&exits);
     let serial_writes = exits
         .iter()
         .filter(|(p, w, _)| *w && (SERIAL..=SERIAL + 7).contains(p))
@@ -246,15 +247,15 @@ pub fn console(data: &[u8]) -> bool {
 
 /// The bare guest's port I/O. Accepted: the vCPU ended.
 pub fn bare_io(data: &[u8]) -> bool {
-    let exits = decode_exits(data, kvmcap::bare::DONE_PORT, MAX_BARE_EXITS);
-    let (stray, end) = kvmcap::vmm::machine::fuzz_bare_io(&exits);
+    let exits = decode_exits(data, kvmcap::guests::bare::DONE_PORT, MAX_BARE_EXITS);
+    let (stray, end) = kvmcap::guests::bare::run::fuzz_bare_io(&exits);
     assert!(stray <= 32);
     end.is_some()
 }
 
 /// Kernel image loading (linux-loader's bzImage loader and our boot parameters).
 pub fn bzimage(data: &[u8]) -> bool {
-    let Ok(entry) = kvmcap::vmm::linux::fuzz_load_bzimage(data) else {
+    let Ok(entry) = kvmcap::guests::linux::fuzz_load_bzimage(data) else {
         return false;
     };
     assert_eq!(entry, 0x10_0200);
@@ -279,10 +280,10 @@ pub fn report(data: &[u8]) -> bool {
         return false;
     };
     let msrs = [MsrIndex::new(0x4f), MsrIndex::new(0x10)];
-    let valid = kvmcap::verify::validate(&r, 2, &msrs).is_ok();
+    let valid = kvmcap::commands::verify::validate(&r, 2, &msrs).is_ok();
     if let (Ok(n), Some(first)) = (u8::try_from(r.cpus.len()), r.cpus.first()) {
         let own: Vec<MsrIndex> = first.readings.iter().map(|x| x.index).collect();
-        let _ = kvmcap::verify::validate(&r, n, &own);
+        let _ = kvmcap::commands::verify::validate(&r, n, &own);
     }
     let json = serde_json::to_string(&r).expect("a parsed report serializes");
     let again: ProbeReport = serde_json::from_str(&json).expect("a serialized report parses");
@@ -299,10 +300,10 @@ pub fn report(data: &[u8]) -> bool {
 /// feature's MSRs, or from 0xf0 up an MSR it does not have) and a little-endian value.
 /// Accepted: some access did not fault.
 pub fn msr(data: &[u8]) -> bool {
-    use kvmcap::backend::model::{build_shared, simulate_ppin_init, with_model, ModelInputs};
-    use kvmcap::feature::FeatureSpec;
-    use kvmcap::vmm::cpuid::CpuVendor;
+    use kvmcap::features::model::{build_shared, simulate_ppin_init, with_model, ModelInputs};
+    use kvmcap::features::FeatureSpec;
     use kvmcap::vmm::machine::{model_rdmsr, model_wrmsr};
+    use kvmcap::x86::cpuid::CpuVendor;
 
     static SPECS: OnceLock<[FeatureSpec; 2]> = OnceLock::new();
     let specs = SPECS.get_or_init(|| {
@@ -496,7 +497,7 @@ pub fn examples(name: &str) -> Vec<Vec<u8>> {
                 .map(|(c, end)| text[c[0]..end].to_vec())
                 .collect()
         }
-        "feature" => kvmcap::feature::BUILTIN
+        "feature" => kvmcap::features::BUILTIN
             .iter()
             .map(|(_, t)| t.as_bytes().to_vec())
             .collect(),
@@ -552,8 +553,8 @@ pub fn examples(name: &str) -> Vec<Vec<u8>> {
         "bare_io" => vec![encode_exits(&[
             (0x80, true, &[1]),
             (0x70, false, &[0, 0, 0, 0]),
-            (kvmcap::bare::FAULT_PORT, true, &[13, 0, 0, 0]),
-            (kvmcap::bare::DONE_PORT, true, &[3, 0, 0, 0]),
+            (kvmcap::guests::bare::FAULT_PORT, true, &[13, 0, 0, 0]),
+            (kvmcap::guests::bare::DONE_PORT, true, &[3, 0, 0, 0]),
         ])],
         "bzimage" => vec![example_bzimage()],
         "cpio" => {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::backend::Backend;
-use crate::vmm::machine::Limits;
+use crate::vmm::error::Limits;
 
 /// Exit codes (documented in README.md).
 pub mod exit {
@@ -127,7 +127,7 @@ pub struct Options {
     /// `--host-ppin`: the guest gets this host's own PPIN (root: sysfs `topology/ppin`).
     pub host_ppin: bool,
     /// `--pair`: which of the feature's vendor pairs the guest's CPUID announces.
-    pub pair: crate::feature::Announce,
+    pub pair: crate::features::Announce,
     /// `--report`.
     pub report: Option<PathBuf>,
     /// Limits.
@@ -188,7 +188,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, Usage> {
         host_values: Vec::new(),
         host_profile: None,
         host_ppin: false,
-        pair: crate::feature::Announce::Vendor,
+        pair: crate::features::Announce::Vendor,
         report: None,
         limits: Limits::default(),
         kernel: None,

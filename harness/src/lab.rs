@@ -35,17 +35,18 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::backend::wiring::model_inputs;
 use crate::backend::Backend;
-use crate::feature::Announce;
-use crate::feature::FeatureSpec;
+use crate::commands::probe::{probe_bare, ProbeRequest};
+use crate::commands::scenario::{run_scenario, Scenario};
+use crate::commands::verify::{judge_guest, probe_words, validate, verify_linux, VerifyRequest};
+use crate::features::Announce;
+use crate::features::FeatureSpec;
+use crate::guests::linux::BASE_CMDLINE;
 use crate::host::HostSources;
-use crate::probe::{probe_bare, ProbeRequest};
 use crate::report::{Report, RunFingerprint};
-use crate::scenario::{run_scenario, Scenario};
-use crate::verify::{judge_guest, probe_words, validate, verify_linux, VerifyRequest};
-use crate::vmm::cpuid::CpuVendor;
-use crate::vmm::linux::BASE_CMDLINE;
-use crate::vmm::machine::{model_inputs, Limits};
+use crate::vmm::error::Limits;
+use crate::x86::cpuid::CpuVendor;
 use msr_probe::frame::{Decoder, Frame, Progress};
 use msr_probe::{Catalog, Fingerprint, MsrIndex, ProbeReport, Reading};
 
@@ -252,8 +253,8 @@ fn run_job_untimed(
                 Ok(s) => s,
                 Err(e) => return fail(e.to_string()),
             };
-            match crate::explore::explore(
-                &crate::explore::ExploreRequest {
+            match crate::commands::explore::explore(
+                &crate::commands::explore::ExploreRequest {
                     kvm_path: paths.kvm.clone(),
                     feature: &spec,
                     backend: job.backend,

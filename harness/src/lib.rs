@@ -1,22 +1,34 @@
 //! kvmcap: negotiate KVM capabilities from data, boot a guest, and show exactly what it sees.
+//!
+//! The modules are layered; each imports only from those listed before it:
+//! - [`x86`], architectural facts (CPUID, long mode, the MP table, guest-physical layout);
+//! - [`kvm`], the KVM layer, the only place with `unsafe`;
+//! - [`host`], where host MSR values come from;
+//! - [`features`], feature files, the rule engine and the models it builds;
+//! - [`negotiate`], capability negotiation;
+//! - [`backend`], what each backend negotiates and serves for a feature;
+//! - [`compare`], verdicts;
+//! - [`vmm`], VM construction, vCPU threads, exit dispatch and devices, for any guest;
+//! - [`guests`], the bare probe guest and the Linux guest;
+//! - [`report`], reports and their tables;
+//! - [`commands`], probe, verify, scenarios and explore;
+//! - [`lab`], the jobs kvmcap runs inside the lab;
+//! - [`cli`], the command line.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
 pub mod backend;
-pub mod bare;
 pub mod cli;
+pub mod commands;
 pub mod compare;
-pub mod explore;
-pub mod feature;
+pub mod features;
+pub mod guests;
 pub mod host;
 pub mod kvm;
 pub mod lab;
 pub mod negotiate;
-pub mod probe;
 pub mod report;
-pub mod rules;
-pub mod scenario;
-pub mod verify;
 pub mod vmm;
+pub mod x86;

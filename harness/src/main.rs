@@ -5,15 +5,15 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use kvmcap::cli::{self, exit, Options};
-use kvmcap::feature::{FeatureError, FeatureSpec};
+use kvmcap::commands::probe::{probe_bare_on, ProbeRequest};
+use kvmcap::commands::scenario::{run_scenario, Scenario, ScenarioError};
+use kvmcap::commands::verify::{verify_linux, VerifyError, VerifyRequest};
+use kvmcap::features::{FeatureError, FeatureSpec};
 use kvmcap::host::HostSources;
 use kvmcap::kvm::{cap_name, KvmError, KvmSystem};
 use kvmcap::negotiate::NegotiationError;
-use kvmcap::probe::{probe_bare_on, ProbeRequest};
 use kvmcap::report::write_atomic;
-use kvmcap::scenario::{run_scenario, Scenario, ScenarioError};
-use kvmcap::verify::{verify_linux, VerifyError, VerifyRequest};
-use kvmcap::vmm::machine::VmmError;
+use kvmcap::vmm::error::VmmError;
 use msr_probe::{Catalog, DevMsr, MsrIndex};
 
 struct Failure {
@@ -187,13 +187,13 @@ fn probe_msrs(
     for _ in 1..o.repeat {
         msrs.extend_from_slice(&once);
     }
-    if msrs.len() > kvmcap::bare::MAX_OPS {
+    if msrs.len() > kvmcap::guests::bare::MAX_OPS {
         return Err(fail(
             exit::USAGE,
             format!(
                 "{} reads exceed the bare guest's {} operations",
                 msrs.len(),
-                kvmcap::bare::MAX_OPS
+                kvmcap::guests::bare::MAX_OPS
             ),
         ));
     }
@@ -212,7 +212,7 @@ struct DumpRow {
 
 /// `kvmcap image`: the bare probe for another VMM, and what that VMM's guest reported.
 fn cmd_image(o: &Options) -> Result<bool, Failure> {
-    use kvmcap::bare::{image, MsrOp};
+    use kvmcap::guests::bare::{image, MsrOp};
     let catalog = catalog()?;
     let spec = feature(o, &catalog)?;
     let ops: Vec<MsrOp> = probe_msrs(o, &catalog, &spec)?
@@ -229,7 +229,7 @@ fn cmd_image(o: &Options) -> Result<bool, Failure> {
              -device isa-debug-exit,iobase={:#x},iosize=4   # exits with status 1 when done",
             o.vcpus,
             out.display(),
-            kvmcap::bare::DEBUG_EXIT_PORT
+            kvmcap::guests::bare::DEBUG_EXIT_PORT
         );
         return Ok(true);
     }
@@ -347,8 +347,8 @@ fn cmd_explore(o: &Options) -> Result<bool, Failure> {
         other => fail(exit::INPUT, other),
     })?;
     let host = host_sources(o, &catalog, &spec)?;
-    let report = kvmcap::explore::explore(
-        &kvmcap::explore::ExploreRequest {
+    let report = kvmcap::commands::explore::explore(
+        &kvmcap::commands::explore::ExploreRequest {
             kvm_path: o.kvm.clone(),
             feature: &spec,
             backend: o.backend.unwrap_or(kvmcap::backend::Backend::User),

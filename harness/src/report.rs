@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::compare::Verdict;
-use crate::feature::FeatureSpec;
+use crate::features::FeatureSpec;
 use crate::host::HostValue;
 use crate::negotiate::NegotiationStep;
-use crate::vmm::cpuid::CpuVendor;
 use crate::vmm::vcpu::VcpuEnd;
+use crate::x86::cpuid::CpuVendor;
 use msr_probe::{MsrIndex, Reading};
 
 /// What the run was: enough to reproduce it and to know which host it describes.

@@ -4,13 +4,13 @@
 mod common;
 
 use kvmcap::backend::Backend;
+use kvmcap::commands::probe::{probe_bare, ProbeRequest};
+use kvmcap::commands::scenario::{run_scenario, Scenario};
 use kvmcap::compare::Verdict;
-use kvmcap::feature::{Announce, FeatureSpec};
+use kvmcap::features::{Announce, FeatureSpec};
 use kvmcap::host::HostSources;
 use kvmcap::negotiate::NegotiationError;
-use kvmcap::probe::{probe_bare, ProbeRequest};
-use kvmcap::scenario::{run_scenario, Scenario};
-use kvmcap::vmm::machine::{Limits, VmmError};
+use kvmcap::vmm::error::{Limits, VmmError};
 use kvmcap::vmm::vcpu::VcpuEnd;
 use msr_probe::{Catalog, Fault, Reading};
 
@@ -121,14 +121,18 @@ fn scenario_with(
     backend: Backend,
     vcpus: u8,
     pair: Announce,
-) -> Option<kvmcap::scenario::ScenarioReport> {
+) -> Option<kvmcap::commands::scenario::ScenarioReport> {
     let kvm = common::kvm()?;
     let catalog = Catalog::builtin().unwrap();
     let s = Scenario::find(name, &catalog).unwrap();
     Some(run_scenario(&s, backend, vcpus, pair, &kvm, &catalog, Limits::default()).unwrap())
 }
 
-fn scenario(name: &str, backend: Backend, vcpus: u8) -> Option<kvmcap::scenario::ScenarioReport> {
+fn scenario(
+    name: &str,
+    backend: Backend,
+    vcpus: u8,
+) -> Option<kvmcap::commands::scenario::ScenarioReport> {
     scenario_with(name, backend, vcpus, Announce::Vendor)
 }
 

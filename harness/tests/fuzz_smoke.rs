@@ -311,41 +311,47 @@ fn hand_checks_of_the_entry_points() {
     let text = entries::example_console_text();
     let exits: Vec<(u16, bool, Vec<u8>)> = text.bytes().map(|b| (0x3f8, true, vec![b])).collect();
     assert_eq!(
-        kvmcap::vmm::linux::fuzz_io_exits(&exits),
+        kvmcap::guests::linux::fuzz_io_exits(&exits),
         (text.len() as u64, true)
     );
     // A flood ends the VM and is counted, memory bounded.
     let flood = vec![(0x3f8u16, true, vec![b'x']); 70_000];
-    assert_eq!(kvmcap::vmm::linux::fuzz_io_exits(&flood), (70_000, false));
+    assert_eq!(
+        kvmcap::guests::linux::fuzz_io_exits(&flood),
+        (70_000, false)
+    );
     // The bare guest's done port ends the vCPU.
-    let (stray, end) = kvmcap::vmm::machine::fuzz_bare_io(&[
+    let (stray, end) = kvmcap::guests::bare::run::fuzz_bare_io(&[
         (0x80, true, vec![1]),
-        (kvmcap::bare::DONE_PORT, true, vec![3, 0, 0, 0]),
+        (kvmcap::guests::bare::DONE_PORT, true, vec![3, 0, 0, 0]),
     ]);
     assert_eq!(stray, 1);
     assert_eq!(end, Some(kvmcap::vmm::vcpu::VcpuEnd::Done { ops: 3 }));
     // The example bzImage loads; the same image cut short does not.
     let image = entries::example_bzimage();
-    assert_eq!(kvmcap::vmm::linux::fuzz_load_bzimage(&image), Ok(0x10_0200));
-    let err = kvmcap::vmm::linux::fuzz_load_bzimage(&image[..600]).unwrap_err();
+    assert_eq!(
+        kvmcap::guests::linux::fuzz_load_bzimage(&image),
+        Ok(0x10_0200)
+    );
+    let err = kvmcap::guests::linux::fuzz_load_bzimage(&image[..600]).unwrap_err();
     assert!(err.contains("not a loadable bzImage"), "{err}");
     // The example results area reads back as written.
     let ex = &entries::examples("results")[0];
     let ops = [
-        kvmcap::bare::MsrOp::Read {
+        kvmcap::guests::bare::MsrOp::Read {
             index: msr_probe::MsrIndex::new(0x10),
         },
-        kvmcap::bare::MsrOp::Write {
+        kvmcap::guests::bare::MsrOp::Write {
             index: msr_probe::MsrIndex::new(0x11),
             value: 1,
         },
-        kvmcap::bare::MsrOp::Read {
+        kvmcap::guests::bare::MsrOp::Read {
             index: msr_probe::MsrIndex::new(0x12),
         },
     ];
-    use kvmcap::bare::OpResult;
+    use kvmcap::guests::bare::OpResult;
     assert_eq!(
-        kvmcap::vmm::machine::fuzz_bare_results(0, &ops, &ex[5..]),
+        kvmcap::guests::bare::run::fuzz_bare_results(0, &ops, &ex[5..]),
         Ok(Ok(vec![
             OpResult::Read(0x1234),
             OpResult::Written,
@@ -355,12 +361,16 @@ fn hand_checks_of_the_entry_points() {
     // The examples of the parsers are accepted (so mutations start from valid input).
     let catalog = msr_probe::Catalog::builtin().unwrap();
     for f in entries::examples("feature") {
-        kvmcap::feature::FeatureSpec::parse(std::str::from_utf8(&f).unwrap(), "ex", &catalog)
+        kvmcap::features::FeatureSpec::parse(std::str::from_utf8(&f).unwrap(), "ex", &catalog)
             .unwrap();
     }
     for s in entries::examples("scenario") {
-        kvmcap::scenario::Scenario::parse(std::str::from_utf8(&s).unwrap(), "ex", &catalog)
-            .unwrap();
+        kvmcap::commands::scenario::Scenario::parse(
+            std::str::from_utf8(&s).unwrap(),
+            "ex",
+            &catalog,
+        )
+        .unwrap();
     }
     let p = &entries::examples("profile")[0];
     assert_eq!(

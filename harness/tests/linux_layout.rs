@@ -1,8 +1,8 @@
 //! The Linux guest's fixed layout agrees with itself: the report window the command line
 //! announces is the one the VMM reads, and it sits in the e820-reserved hole above the MP table.
 
-use kvmcap::vmm::linux::{BASE_CMDLINE, MAX_VCPUS, REPORT_WINDOW, REPORT_WINDOW_LEN};
-use kvmcap::vmm::mptable::{self, MPTABLE_START};
+use kvmcap::guests::linux::{BASE_CMDLINE, MAX_VCPUS, REPORT_WINDOW, REPORT_WINDOW_LEN};
+use kvmcap::x86::mptable::{self, MPTABLE_START};
 
 #[test]
 fn report_window_is_announced_and_clear_of_the_mp_table() {

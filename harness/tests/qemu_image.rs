@@ -6,10 +6,10 @@ mod common;
 
 use std::process::Command;
 
-use kvmcap::bare::{image, MsrOp, OpResult};
-use kvmcap::probe::{probe_bare, ProbeRequest};
-use kvmcap::vmm::machine::Limits;
-use kvmcap::{feature::FeatureSpec, host::HostSources};
+use kvmcap::commands::probe::{probe_bare, ProbeRequest};
+use kvmcap::guests::bare::{image, MsrOp, OpResult};
+use kvmcap::vmm::error::Limits;
+use kvmcap::{features::FeatureSpec, host::HostSources};
 use msr_probe::{Catalog, MsrIndex};
 
 #[test]
@@ -69,7 +69,7 @@ fn qemu_runs_the_image_and_agrees_on_the_feature_msrs() {
             kvm_path: kvm,
             feature: Some(&spec),
             backend: kvmcap::backend::Backend::None,
-            announce: kvmcap::feature::Announce::Vendor,
+            announce: kvmcap::features::Announce::Vendor,
             vcpus: 2,
             msrs: msrs.clone(),
             host: &host,

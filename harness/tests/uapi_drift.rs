@@ -67,7 +67,7 @@ fn the_series_adds_no_other_ppin_uapi() {
 #[test]
 fn the_feature_spec_enables_the_capability() {
     let catalog = msr_probe::Catalog::builtin().unwrap();
-    let spec = kvmcap::feature::FeatureSpec::find("ppin", &catalog).unwrap();
+    let spec = kvmcap::features::FeatureSpec::find("ppin", &catalog).unwrap();
     assert_eq!(spec.capability.number, ppin_uapi::KVM_CAP_PPIN);
     assert_eq!(spec.capability.args, [1, 0, 0, 0]);
 }

@@ -1,14 +1,14 @@
-//! Backends: how the VMM makes a feature visible to the guest (design.md), and the feature
-//! models that serve MSRs from userspace and predict what every backend must show.
+//! Backends: how the VMM makes a feature visible to the guest (design.md), and what each one
+//! negotiates and establishes ([`wiring`]).
 
-pub mod model;
+pub mod wiring;
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
 
-pub use model::{build_model, MsrModel};
+pub use wiring::WiringError;
 
 /// How a feature reaches the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

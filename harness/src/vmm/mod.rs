@@ -1,9 +1,8 @@
-//! The VMM: VM construction, vCPU threads and exit dispatch, on top of the KVM layer.
+//! The VMM: VM construction, vCPU threads and exit dispatch, and the serial console, on top
+//! of the KVM layer. It knows no guest: guests (`crate::guests`) bring their memory image and
+//! their exit handler.
 
-pub mod boot;
 pub mod console;
-pub mod cpuid;
-pub mod linux;
+pub mod error;
 pub mod machine;
-pub mod mptable;
 pub mod vcpu;

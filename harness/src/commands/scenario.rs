@@ -30,15 +30,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{build_model, Backend};
-use crate::bare::MsrOp;
-use crate::feature::{Announce, FeatureError, FeatureSpec, Scope};
+use crate::backend::wiring::model_inputs;
+use crate::backend::Backend;
+use crate::commands::probe::guest_reading;
+use crate::features::model::build_model;
+use crate::features::{Announce, FeatureError, FeatureSpec, Scope};
+use crate::guests::bare::run::{run_bare, BareRequest};
+use crate::guests::bare::MsrOp;
 use crate::host::HostSources;
 use crate::kvm::KvmSystem;
-use crate::probe::guest_reading;
-use crate::vmm::cpuid::{self, CpuVendor};
-use crate::vmm::machine::{model_inputs, run_bare, BareRequest, Limits, VmmError};
+use crate::vmm::error::{Limits, VmmError};
 use crate::vmm::vcpu::VcpuEnd;
+use crate::x86::cpuid::{self, CpuVendor};
 use msr_probe::{Catalog, Fault, MsrIndex, Reading};
 
 /// Why a scenario cannot be loaded or run.
@@ -831,7 +834,8 @@ fn run_case(
     // same order; one model for a VM-scoped feature, one per vCPU otherwise.
     let inputs = match &outcome.model_inputs {
         Some(i) => i.clone(),
-        None => model_inputs(f, backend, vendor, announce, host, args, &initial)?,
+        None => model_inputs(f, backend, vendor, announce, host, args, &initial)
+            .map_err(VmmError::from)?,
     };
     let ppin_value = inputs
         .writes
@@ -853,7 +857,7 @@ fn run_case(
         let model = &mut models[slot];
         let op = &ops[i];
         let placed = &case.steps[i];
-        let handled = |m: &Option<Box<dyn crate::backend::MsrModel>>, idx: MsrIndex| {
+        let handled = |m: &Option<Box<dyn crate::features::model::MsrModel>>, idx: MsrIndex| {
             m.as_ref().is_some_and(|m| m.handles(idx))
         };
         let (words, expect, predicted) = match (op, &placed.step) {
@@ -952,8 +956,8 @@ fn run_case(
 }
 
 fn model_op(
-    model: &mut Option<Box<dyn crate::backend::MsrModel>>,
-    f: impl FnOnce(&mut dyn crate::backend::MsrModel) -> Result<Reading, Fault>,
+    model: &mut Option<Box<dyn crate::features::model::MsrModel>>,
+    f: impl FnOnce(&mut dyn crate::features::model::MsrModel) -> Result<Reading, Fault>,
 ) -> Result<Reading, Fault> {
     match model {
         Some(m) => f(m.as_mut()),

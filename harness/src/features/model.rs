@@ -7,8 +7,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::feature::{FeatureSpec, PpinPair, RuleKind, Scope};
-use crate::vmm::cpuid::CpuVendor;
+use crate::features::{FeatureSpec, PpinPair, RuleKind, Scope};
+use crate::x86::cpuid::CpuVendor;
 use msr_probe::{Fault, MsrIndex};
 
 /// A feature's MSR semantics. A model holds the state of one scope: a vCPU's (each vCPU gets
@@ -47,7 +47,7 @@ pub fn model_for_vcpu(shared: &SharedModel, scope: Scope) -> SharedModel {
 }
 
 /// Any feature, as its file states it: its registers and its rules, interpreted (see
-/// [`crate::rules`]). Registers that are pair roles (`ctl`, `value`) are seen through every
+/// [`crate::features::rules`]). Registers that are pair roles (`ctl`, `value`) are seen through every
 /// pair the guest's CPUID announces (the pairs alias one state); a pair not announced, or any
 /// pair while the feature is off, #GPs. Registers with an MSR of their own are always there;
 /// their rules say when they fault.

@@ -3,13 +3,16 @@
 
 use std::path::PathBuf;
 
-use crate::backend::{build_model, Backend};
-use crate::bare::{MsrOp, OpResult};
+use crate::backend::Backend;
 use crate::compare::{against_host, against_model, Verdict};
-use crate::feature::FeatureSpec;
+use crate::features::model::build_model;
+use crate::features::FeatureSpec;
+use crate::guests::bare::run::{run_bare_on, BareOutcome, BareRequest};
+use crate::guests::bare::{MsrOp, OpResult};
 use crate::host::HostSources;
 use crate::report::{Report, Row, RunFingerprint};
-use crate::vmm::machine::{run_bare_on, BareOutcome, BareRequest, Limits, OpenVm, VmmError};
+use crate::vmm::error::{Limits, VmmError};
+use crate::vmm::machine::OpenVm;
 use crate::vmm::vcpu::VcpuEnd;
 use msr_probe::{Catalog, Fingerprint, MsrIndex, Reading, Rule, Unavailable};
 
@@ -22,7 +25,7 @@ pub struct ProbeRequest<'a> {
     /// The backend.
     pub backend: Backend,
     /// Which of the feature's pairs the guest's CPUID announces.
-    pub announce: crate::feature::Announce,
+    pub announce: crate::features::Announce,
     /// vCPU count.
     pub vcpus: u8,
     /// The MSRs to read, in order.
@@ -114,7 +117,7 @@ pub fn judge(
     index: MsrIndex,
     guest: Reading,
     feature: Option<&FeatureSpec>,
-    oracle: &mut Option<Box<dyn crate::backend::MsrModel>>,
+    oracle: &mut Option<Box<dyn crate::features::model::MsrModel>>,
     host: &HostSources,
     catalog: &Catalog,
 ) -> Row {

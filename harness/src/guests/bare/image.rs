@@ -10,7 +10,7 @@
 
 use super::{compile_ops_with, idt, parse_results, results_len, Epilogue, MsrOp, OpResult};
 use super::{ResultsError, MAGIC, PROBE_IMAGE};
-use crate::vmm::boot::GDT;
+use crate::x86::long_mode::GDT;
 
 /// Where the multiboot loader puts the image (1 MiB, above the BIOS areas).
 pub const IMAGE_BASE: u64 = 0x10_0000;

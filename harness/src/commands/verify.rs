@@ -3,16 +3,18 @@
 
 use std::path::PathBuf;
 
-use crate::backend::model::{simulate_ppin_init, ModelInputs};
-use crate::backend::{build_model, Backend};
-use crate::feature::{FeatureSpec, ModelKind};
+use crate::backend::Backend;
+use crate::commands::probe::judge;
+use crate::features::model::build_model;
+use crate::features::model::{simulate_ppin_init, ModelInputs};
+use crate::features::{FeatureSpec, ModelKind};
+use crate::guests::linux::{run_linux, LinuxOutcome, LinuxRequest};
 use crate::host::HostSources;
-use crate::probe::judge;
 use crate::report::{KernelPpin, Report, Row, RunFingerprint};
-use crate::vmm::cpuid::CpuVendor;
-use crate::vmm::linux::{run_linux, LinuxOutcome, LinuxRequest};
-use crate::vmm::machine::{FeatureRun, Limits, VmmError};
+use crate::vmm::error::{Limits, VmmError};
+use crate::vmm::machine::FeatureRun;
 use crate::vmm::vcpu::VcpuEnd;
+use crate::x86::cpuid::CpuVendor;
 use msr_probe::{Catalog, Fingerprint, MsrIndex, ProbeReport};
 
 /// What to verify.
@@ -28,7 +30,7 @@ pub struct VerifyRequest<'a> {
     /// The backend.
     pub backend: Backend,
     /// Which of the feature's pairs the guest's CPUID announces.
-    pub announce: crate::feature::Announce,
+    pub announce: crate::features::Announce,
     /// vCPUs.
     pub vcpus: u8,
     /// MSRs to read; `None` = the whole catalog.

@@ -24,20 +24,16 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::kvm::KvmError;
 use crate::vmm::console::{Console, ConsoleWriter};
+use crate::vmm::error::{check_vcpus, Limits, VmmError};
 use crate::vmm::machine::{
-    check_vcpus, create_irqchip, model_rdmsr, model_wrmsr, prepare, FeatureRun, Limits, VcpuModel,
-    VmmError,
+    create_irqchip, model_rdmsr, model_wrmsr, prepare, FeatureRun, VcpuModel,
 };
 use crate::vmm::vcpu::{run_vcpus, ExitHandler, Flow, VcpuEnd};
-use crate::vmm::{boot, mptable};
+use crate::x86::layout::{BOOT_STACK, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
+use crate::x86::{long_mode, mptable};
 use msr_probe::frame::{Frame, FrameError};
 use msr_probe::{Fault, MsrIndex};
 
-const ZERO_PAGE: u64 = 0x7000;
-const BOOT_STACK: u64 = 0x8ff0;
-const CMDLINE_ADDR: u64 = 0x2_0000;
-const CMDLINE_MAX: usize = 4096;
-const HIMEM_START: u64 = 0x10_0000;
 const SERIAL_BASE: u16 = 0x3f8;
 const SERIAL_IRQ: u32 = 4;
 /// The most vCPUs a Linux guest gets here.
@@ -87,7 +83,7 @@ pub struct LinuxOutcome {
     /// Negotiation steps.
     pub negotiation: Vec<crate::negotiate::NegotiationStep>,
     /// The guest's CPU vendor.
-    pub vendor: crate::vmm::cpuid::CpuVendor,
+    pub vendor: crate::x86::cpuid::CpuVendor,
     /// Each vCPU's end.
     pub ends: Vec<VcpuEnd>,
     /// The report frame, or why there is none.
@@ -101,7 +97,7 @@ pub struct LinuxOutcome {
     /// Whether the guest flooded the console.
     pub flooded: bool,
     /// The oracle's starting state.
-    pub model_inputs: Option<crate::backend::model::ModelInputs>,
+    pub model_inputs: Option<crate::features::model::ModelInputs>,
     /// VM creation to the end.
     pub elapsed: Duration,
 }
@@ -293,7 +289,7 @@ pub fn load_kernel<F: Read + ReadVolatile + Seek>(
     )
     .map_err(|e| VmmError::Request(format!("boot parameters: {e}")))?;
     mptable::write(mem, vcpus).map_err(mem_err)?;
-    boot::write_tables(mem).map_err(mem_err)?;
+    long_mode::write_tables(mem).map_err(mem_err)?;
     Ok(LoadedKernel {
         entry: loaded.kernel_load.0 + 0x200,
         initrd_addr,
@@ -427,7 +423,7 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
                 }
             };
             let sregs = vcpu.get_sregs().map_err(verr("KVM_GET_SREGS"))?;
-            vcpu.set_sregs(&boot::long_mode_sregs(sregs))
+            vcpu.set_sregs(&long_mode::long_mode_sregs(sregs))
                 .map_err(verr("KVM_SET_SREGS"))?;
             vcpu.set_regs(&kvm_bindings::kvm_regs {
                 rip: loaded.entry,

@@ -5,13 +5,8 @@
 use kvm_bindings::{kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// Where the GDT lives.
-pub const GDT_ADDR: u64 = 0x1000;
-const PML4_ADDR: u64 = 0x2000;
-const PDPT_ADDR: u64 = 0x3000;
-const PD_ADDR: u64 = 0x4000;
-/// The end of the low area these tables use.
-pub const TABLES_END: u64 = 0x5000;
+pub use super::layout::{GDT_ADDR, TABLES_END};
+use super::layout::{PDPT_ADDR, PD_ADDR, PML4_ADDR};
 
 /// `__BOOT_CS` of Linux's 64-bit boot protocol (Documentation/arch/x86/boot.rst).
 pub const CODE_SELECTOR: u16 = 0x10;

@@ -13,14 +13,16 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::backend::model::{MsrModel, RuleModel};
+use crate::backend::wiring::model_inputs;
 use crate::backend::Backend;
-use crate::bare::MsrOp;
-use crate::feature::{Announce, FeatureSpec};
+use crate::commands::probe::guest_reading;
+use crate::features::model::{MsrModel, RuleModel};
+use crate::features::{Announce, FeatureSpec};
+use crate::guests::bare::run::{run_bare, BareRequest};
+use crate::guests::bare::MsrOp;
 use crate::host::HostSources;
-use crate::probe::guest_reading;
-use crate::vmm::cpuid::CpuVendor;
-use crate::vmm::machine::{model_inputs, run_bare, BareRequest, Limits, VmmError};
+use crate::vmm::error::{Limits, VmmError};
+use crate::x86::cpuid::CpuVendor;
 use msr_probe::{Catalog, Fault, MsrIndex, Reading};
 
 /// The most states a walk visits (a feature with more is explored that far, and says so).
@@ -99,7 +101,7 @@ pub struct Exploration {
 /// (single-bit fields; a wider field takes 0 and its maximum), each reserved bit group's
 /// lowest and highest bit, and the lowest reserved bit with every writable bit (a handler
 /// that checks only the valid bits, or only one of them, lets that through).
-pub fn write_classes(reg: &crate::feature::Register) -> Vec<u64> {
+pub fn write_classes(reg: &crate::features::Register) -> Vec<u64> {
     let mut v = vec![0, u64::MAX];
     let fields: Vec<u64> = reg
         .fields
@@ -153,10 +155,10 @@ struct Oracle {
 }
 
 impl Oracle {
-    fn new(fresh: &RuleModel, scope: crate::feature::Scope) -> Self {
+    fn new(fresh: &RuleModel, scope: crate::features::Scope) -> Self {
         Self {
             models: vec![fresh.clone(), fresh.clone()],
-            shared: scope == crate::feature::Scope::Vm,
+            shared: scope == crate::features::Scope::Vm,
         }
     }
 
@@ -212,7 +214,7 @@ pub struct ExploreRequest<'a> {
 /// Walks the rules' states and runs every case against the backend.
 pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploration, VmmError> {
     let spec = req.feature;
-    let vendor = crate::scenario::guest_vendor(&req.kvm_path)?;
+    let vendor = crate::commands::scenario::guest_vendor(&req.kvm_path)?;
     let args = spec.capability.args;
     let inputs = model_inputs(spec, req.backend, vendor, req.announce, req.host, args, &[])?;
     let visible = register_msrs(spec, &inputs.announced);
@@ -221,7 +223,7 @@ pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploratio
         for (msr, value) in &inputs.writes {
             if m.handles(*msr) {
                 m.restore(*msr, *value).map_err(|reason| {
-                    VmmError::Initial(crate::backend::model::InitialRefused {
+                    VmmError::Initial(crate::features::model::InitialRefused {
                         msr: *msr,
                         value: *value,
                         reason: Some(reason),
@@ -436,7 +438,7 @@ fn scenario_text(
         rules = spec
             .rules
             .iter()
-            .find(|r| r.kind == crate::feature::RuleKind::Note)
+            .find(|r| r.kind == crate::features::RuleKind::Note)
             .map(|r| vec![r.id.clone()])
             .unwrap_or_default();
     }
@@ -621,7 +623,7 @@ mod tests {
             },
         ];
         let text = scenario_text(&spec, &req, &accesses, 1, &catalog, &fresh);
-        let s = crate::scenario::Scenario::parse(&text, "generated", &catalog).unwrap();
+        let s = crate::commands::scenario::Scenario::parse(&text, "generated", &catalog).unwrap();
         assert_eq!(s.cases[0].rules, vec!["ctl-lockout-needs-enable-clear"]);
         assert!(text.contains("value = 0x3, expect = \"gp\""), "{text}");
     }

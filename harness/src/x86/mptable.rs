@@ -3,12 +3,8 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// Where the table goes: the last KiB of base memory, which Linux scans for `_MP_`.
-pub const MPTABLE_START: u64 = 0x9fc00;
-/// The local APIC's address.
-pub const APIC_ADDR: u32 = 0xfee0_0000;
-/// The I/O APIC's address.
-pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+pub use super::layout::MPTABLE_START;
+use super::layout::{APIC_ADDR, IOAPIC_ADDR};
 /// ISA interrupts routed to I/O APIC pins of the same number (KVM's default GSI routing).
 const ISA_IRQS: u8 = 16;
 

@@ -13,11 +13,12 @@
 //! the result, five instructions per read.
 
 pub mod image;
+pub mod run;
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::vmm::boot;
+use crate::x86::long_mode;
 use msr_probe::{Fault, MsrIndex, Reading};
 
 /// The probe's exception handlers, assembled from `probe.S` at build time.
@@ -186,20 +187,20 @@ fn mem_err(e: vm_memory::GuestMemoryError) -> String {
 fn idt_gate(handler: u64) -> [u8; 16] {
     let mut g = [0u8; 16];
     g[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
-    g[2..4].copy_from_slice(&boot::CODE_SELECTOR.to_le_bytes());
+    g[2..4].copy_from_slice(&long_mode::CODE_SELECTOR.to_le_bytes());
     g[4..6].copy_from_slice(&0x8e00u16.to_le_bytes());
     g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
     g[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
     g
 }
 
-/// Writes the long-mode tables (see [`crate::vmm::boot`]), the exception handlers and the IDT
+/// Writes the long-mode tables (see [`crate::x86::long_mode`]), the exception handlers and the IDT
 /// pointing at them.
 pub fn load_image(mem: &GuestMemoryMmap) -> Result<(), String> {
     if PROBE_IMAGE.len() > CODE_MAX {
         return Err("probe image too large".into());
     }
-    boot::write_tables(mem).map_err(mem_err)?;
+    long_mode::write_tables(mem).map_err(mem_err)?;
     mem.write_slice(PROBE_IMAGE, GuestAddress(CODE_ADDR))
         .map_err(mem_err)?;
     mem.write_slice(&idt(CODE_ADDR), GuestAddress(IDT_BASE))
@@ -220,9 +221,9 @@ fn idt(handlers: u64) -> Vec<u8> {
     idt
 }
 
-/// The long-mode segment state (see [`boot::long_mode_sregs`]) with the probe's IDT.
+/// The long-mode segment state (see [`long_mode::long_mode_sregs`]) with the probe's IDT.
 pub fn sregs(s: kvm_sregs) -> kvm_sregs {
-    let mut s = boot::long_mode_sregs(s);
+    let mut s = long_mode::long_mode_sregs(s);
     s.idt.base = IDT_BASE;
     s.idt.limit = (IDT_VECTORS * 16 - 1) as u16;
     s

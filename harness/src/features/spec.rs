@@ -6,16 +6,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::host::HostSources;
 use crate::kvm::cap_by_name;
-use crate::vmm::cpuid::{CpuVendor, CpuidBit};
+use crate::x86::cpuid::{CpuVendor, CpuidBit};
 use msr_probe::{Catalog, MsrIndex};
 
 /// The built-in feature specs, so `kvmcap` works from any directory.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("ppin", include_str!("../../fixtures/features/ppin.toml")),
+    ("ppin", include_str!("../../../fixtures/features/ppin.toml")),
     (
         "platform-info",
-        include_str!("../../fixtures/features/platform-info.toml"),
+        include_str!("../../../fixtures/features/platform-info.toml"),
     ),
 ];
 
@@ -50,6 +51,27 @@ pub enum FeatureError {
         origin: String,
         /// What is wrong.
         problem: String,
+    },
+}
+
+/// What a feature's starting state lacks in a particular VM.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// the guest's CPUID announces none of the feature's pairs
+    #[error("feature {feature} has no MSR pair for a {vendor:?} guest: choose one with --pair intel|amd")]
+    NoPair {
+        /// The feature.
+        feature: String,
+        /// The guest's CPU vendor.
+        vendor: CpuVendor,
+    },
+    /// nobody supplied the value the VMM must write
+    #[error("feature {feature} needs a value for {msr} in the guest: give --host-value {msr}=0x..., --host-ppin (root: this host's own, from sysfs) or a host profile")]
+    NoValue {
+        /// The feature.
+        feature: String,
+        /// The MSR whose value is missing.
+        msr: MsrIndex,
     },
 }
 
@@ -223,12 +245,12 @@ pub struct Rule {
     /// The register it is about (every kind but `note`).
     #[serde(default)]
     pub register: Option<String>,
-    /// The condition (absent: always); see [`crate::rules`].
+    /// The condition (absent: always); see [`crate::features::rules`].
     #[serde(default)]
     pub when: Option<String>,
     /// The parsed condition.
     #[serde(skip)]
-    pub condition: Option<crate::rules::Expr>,
+    pub condition: Option<crate::features::rules::Expr>,
     /// What the rule says, in one line.
     pub says: String,
     /// Where the source is ambiguous: which reading was taken and why.
@@ -587,7 +609,8 @@ impl FeatureSpec {
                 .find(|g| g.name == reg_name)
                 .ok_or_else(|| rule_err(format!("no [[register]] `{reg_name}`")))?;
             if let Some(w) = &r.when {
-                let e = crate::rules::Expr::parse(w).map_err(|e| rule_err(e.to_string()))?;
+                let e =
+                    crate::features::rules::Expr::parse(w).map_err(|e| rule_err(e.to_string()))?;
                 for name in e.names() {
                     if !name_resolves(name, reg, &registers) {
                         return Err(rule_err(format!(
@@ -678,6 +701,60 @@ impl FeatureSpec {
     /// The rule named `id`.
     pub fn rule(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// The host-initiated writes that establish this feature's own starting state in a VM
+    /// whose guest is told of the pairs of `announced` (`vendor` is the guest's CPU's), before
+    /// the case's `initial` writes: model `ppin` writes the supplied PPIN value (the user's,
+    /// never this machine's MSRs unasked) then the firmware PPIN_CTL; `stock` each register's
+    /// `initial`; `kvm-msr` each MSR's host value or default.
+    pub fn vmm_writes(
+        &self,
+        announced: &[CpuVendor],
+        vendor: CpuVendor,
+        host: &HostSources,
+        initial: &[(MsrIndex, u64)],
+    ) -> Result<Vec<(MsrIndex, u64)>, SetupError> {
+        let mut writes = Vec::new();
+        match self.model {
+            ModelKind::Ppin => {
+                let pair = announced
+                    .iter()
+                    .find_map(|v| self.pair_for(*v))
+                    .ok_or_else(|| SetupError::NoPair {
+                        feature: self.name.clone(),
+                        vendor,
+                    })?;
+                let mut order = vec![pair.value];
+                order.extend(self.pairs.iter().map(|p| p.value));
+                let case_sets_value = initial.iter().any(|(i, _)| order.contains(i));
+                match host.supplied_value(&order) {
+                    Some((_, v, _)) => writes.push((pair.value, v)),
+                    None if case_sets_value => {}
+                    None => {
+                        return Err(SetupError::NoValue {
+                            feature: self.name.clone(),
+                            msr: pair.value,
+                        })
+                    }
+                }
+                writes.push((pair.ctl, self.initial_ctl));
+            }
+            ModelKind::Stock => {
+                for r in &self.registers {
+                    if let (Some(msr), Some(v)) = (r.msr, r.initial) {
+                        writes.push((msr, v));
+                    }
+                }
+            }
+            ModelKind::KvmMsr => {
+                for k in &self.kvm_msrs {
+                    let v = host.first_value(&[k.msr]).map_or(k.default, |(_, v, _)| v);
+                    writes.push((k.msr, v));
+                }
+            }
+        }
+        Ok(writes)
     }
 
     /// The pair a guest of `vendor` uses.

@@ -1,0 +1,8 @@
+//! Features as data: feature files (their MSRs, fields, capability and cited rules), the rule
+//! engine, and the models it builds for the `user` backend and for predictions.
+
+pub mod model;
+pub mod rules;
+pub mod spec;
+
+pub use spec::*;
