@@ -2,14 +2,13 @@
 //! the KVM capability and its enable arguments, the MSRs involved, the CPUID bits that announce
 //! it, and which semantic model serves it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use crate::host::HostSources;
-use crate::kvm::cap_by_name;
 use crate::x86::cpuid::{CpuVendor, CpuidBit};
-use msr_probe::{Catalog, MsrIndex};
+use msr_probe::MsrIndex;
 
 /// The built-in feature specs, so `kvmcap` works from any directory.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -45,10 +44,14 @@ pub enum FeatureError {
         message: String,
     },
     /// the file parses but says something impossible
-    #[error("feature spec {origin}: {problem}")]
+    #[error("feature spec {origin}:{line}: {key}: {problem}")]
     Invalid {
         /// The file.
         origin: String,
+        /// The line of the key.
+        line: usize,
+        /// The key (`rule "ctl-locked-gp".when`).
+        key: String,
         /// What is wrong.
         problem: String,
     },
@@ -359,333 +362,7 @@ pub struct FeatureSpec {
     pub kvm_msrs: Vec<KvmMsr>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSpec {
-    name: String,
-    #[serde(default)]
-    description: String,
-    model: ModelKind,
-    #[serde(default)]
-    scope: Scope,
-    #[serde(default)]
-    rule: Vec<Rule>,
-    #[serde(default)]
-    register: Vec<RawRegister>,
-    #[serde(default)]
-    conformance: Vec<Conformance>,
-    #[serde(default)]
-    capability: Option<RawCap>,
-    #[serde(default)]
-    pair: Vec<RawPair>,
-    #[serde(default)]
-    initial: Option<RawInitial>,
-    #[serde(default)]
-    kvm_msr: Vec<RawKvmMsr>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCap {
-    name: String,
-    #[serde(default)]
-    number: Option<u32>,
-    #[serde(default)]
-    args: Vec<u64>,
-    #[serde(default)]
-    accepts: Vec<Vec<u64>>,
-    #[serde(default = "yes")]
-    required: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPair {
-    vendor: CpuVendor,
-    ctl: String,
-    value: String,
-    cpuid: CpuidBit,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRegister {
-    name: String,
-    #[serde(default)]
-    msr: Option<String>,
-    #[serde(default)]
-    reset: u64,
-    #[serde(default)]
-    initial: Option<u64>,
-    #[serde(default)]
-    fields: Vec<RawField>,
-    #[serde(default)]
-    writable: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawField {
-    name: String,
-    bits: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawInitial {
-    ctl: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKvmMsr {
-    msr: String,
-    default: u64,
-}
-
 impl FeatureSpec {
-    /// A built-in feature by name, or a spec file by path.
-    pub fn find(name_or_path: &str, catalog: &Catalog) -> Result<Self, FeatureError> {
-        if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
-            return Self::parse(text, &format!("{name_or_path} (built in)"), catalog);
-        }
-        // A feature file by name: the workspace's fixtures, or `/features` in the lab.
-        if !name_or_path.contains('/') && !name_or_path.ends_with(".toml") {
-            for dir in [
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/features"),
-                PathBuf::from("/features"),
-            ] {
-                let p = dir.join(format!("{name_or_path}.toml"));
-                if p.is_file() {
-                    return Self::find(&p.display().to_string(), catalog);
-                }
-            }
-        }
-        let path = Path::new(name_or_path);
-        if path.extension().is_some_and(|e| e == "toml") {
-            let text = std::fs::read_to_string(path).map_err(|source| FeatureError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            return Self::parse(&text, &path.display().to_string(), catalog);
-        }
-        Err(FeatureError::Unknown(name_or_path.to_owned()))
-    }
-
-    /// Parses and validates a spec against the catalog.
-    pub fn parse(text: &str, origin: &str, catalog: &Catalog) -> Result<Self, FeatureError> {
-        let raw: RawSpec = toml::from_str(text).map_err(|e| FeatureError::Syntax {
-            origin: origin.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })?;
-        let invalid = |problem: String| FeatureError::Invalid {
-            origin: origin.to_owned(),
-            problem,
-        };
-        let msr = |name: &str| catalog.resolve(name).map_err(|e| invalid(format!("{e}")));
-        let raw_cap = match (raw.capability, raw.model) {
-            (Some(c), _) => c,
-            (None, ModelKind::Stock) => RawCap {
-                name: "none".into(),
-                number: Some(0),
-                args: vec![1],
-                accepts: Vec::new(),
-                required: false,
-            },
-            (None, _) => {
-                return Err(invalid(
-                    "needs [capability] (only model `stock` has none)".into(),
-                ))
-            }
-        };
-        let number = match (raw_cap.number, cap_by_name(&raw_cap.name)) {
-            (Some(0), _) if raw.model == ModelKind::Stock => 0,
-            (Some(n), Some(known)) if n != known => {
-                return Err(invalid(format!(
-                    "capability {} is number {known}, not {n}",
-                    raw_cap.name
-                )))
-            }
-            (Some(n), _) | (None, Some(n)) => n,
-            (None, None) => {
-                return Err(invalid(format!(
-                    "capability `{}` is not a known name: give `number`",
-                    raw_cap.name
-                )))
-            }
-        };
-        if raw_cap.args.len() > 4 {
-            return Err(invalid("capability args: at most 4".into()));
-        }
-        let mut args = [0u64; 4];
-        args[..raw_cap.args.len()].copy_from_slice(&raw_cap.args);
-        if raw_cap.accepts.len() > 4 {
-            return Err(invalid("capability accepts: at most 4 lists".into()));
-        }
-        let mut accepts: [Option<Vec<u64>>; 4] = Default::default();
-        for (slot, list) in accepts.iter_mut().zip(raw_cap.accepts) {
-            *slot = Some(list);
-        }
-        let mut ids = std::collections::BTreeSet::new();
-        for r in &raw.rule {
-            if !ids.insert(r.id.as_str()) {
-                return Err(invalid(format!("rule `{}` is defined twice", r.id)));
-            }
-            if r.source.is_empty() {
-                return Err(invalid(format!("rule `{}` has no source", r.id)));
-            }
-        }
-        // Registers: a pair role takes its fields from the catalog entry of the first pair's
-        // MSR unless the file gives them.
-        let mut registers = Vec::new();
-        for r in &raw.register {
-            let reg_err = |problem: String| invalid(format!("register `{}`: {problem}", r.name));
-            let msr_index = match &r.msr {
-                Some(m) => Some(msr(m)?),
-                None if matches!(r.name.as_str(), "ctl" | "value") => None,
-                None => {
-                    return Err(reg_err(
-                        "give `msr`, or name it `ctl` or `value` (a role of the [[pair]]s)".into(),
-                    ))
-                }
-            };
-            let mut fields = Vec::new();
-            for f in &r.fields {
-                let bits = msr_probe::catalog::BitRange::parse(&f.bits).ok_or_else(|| {
-                    reg_err(format!(
-                        "field `{}`: bits `{}`: N or HIGH:LOW",
-                        f.name, f.bits
-                    ))
-                })?;
-                fields.push((f.name.clone(), bits));
-            }
-            if fields.is_empty() {
-                let from = msr_index.or_else(|| {
-                    raw.pair.first().and_then(|p| {
-                        let name = if r.name == "ctl" { &p.ctl } else { &p.value };
-                        catalog.resolve(name).ok()
-                    })
-                });
-                if let Some(entry) = from.and_then(|i| catalog.get(i)) {
-                    fields = entry
-                        .fields
-                        .iter()
-                        .map(|f| (f.name.clone(), f.bits))
-                        .collect();
-                }
-            }
-            let writable = r.writable.unwrap_or_else(|| {
-                if fields.is_empty() {
-                    u64::MAX
-                } else {
-                    fields.iter().fold(0, |m, (_, b)| m | b.mask())
-                }
-            });
-            registers.push(Register {
-                name: r.name.clone(),
-                msr: msr_index,
-                reset: r.reset,
-                initial: r.initial,
-                fields,
-                writable,
-            });
-        }
-        let mut rules = raw.rule;
-        for r in &mut rules {
-            let rule_err = |problem: String| invalid(format!("rule `{}`: {problem}", r.id));
-            if r.kind == RuleKind::Note {
-                continue;
-            }
-            let reg_name = r
-                .register
-                .clone()
-                .ok_or_else(|| rule_err("needs `register`".into()))?;
-            let reg = registers
-                .iter()
-                .find(|g| g.name == reg_name)
-                .ok_or_else(|| rule_err(format!("no [[register]] `{reg_name}`")))?;
-            if let Some(w) = &r.when {
-                let e =
-                    crate::features::rules::Expr::parse(w).map_err(|e| rule_err(e.to_string()))?;
-                for name in e.names() {
-                    if !name_resolves(name, reg, &registers) {
-                        return Err(rule_err(format!(
-                            "`{name}` is not new, old, enabled, a register, REGISTER.Field or REGISTER.writable (or new./old. with a field of `{reg_name}`)"
-                        )));
-                    }
-                }
-                r.condition = Some(e);
-            }
-        }
-        let mut pairs = Vec::new();
-        for p in raw.pair {
-            if p.cpuid.bit > 31 {
-                return Err(invalid(format!(
-                    "pair {:?}: CPUID bit {} > 31",
-                    p.vendor, p.cpuid.bit
-                )));
-            }
-            let ctl = msr(&p.ctl)?;
-            let entry = catalog
-                .get(ctl)
-                .ok_or_else(|| invalid(format!("{} is not in the catalog", p.ctl)))?;
-            let bit = |f: &str| {
-                entry.field(f).map(|f| f.bits.mask()).ok_or_else(|| {
-                    invalid(format!("catalog entry {} has no `{f}` field", entry.name))
-                })
-            };
-            pairs.push(PpinPair {
-                vendor: p.vendor,
-                ctl,
-                value: msr(&p.value)?,
-                cpuid: p.cpuid,
-                lockout: bit("LockOut")?,
-                enable: bit("Enable")?,
-            });
-        }
-        let mut kvm_msrs = Vec::new();
-        for k in raw.kvm_msr {
-            kvm_msrs.push(KvmMsr {
-                msr: msr(&k.msr)?,
-                default: k.default,
-            });
-        }
-        match raw.model {
-            ModelKind::Ppin if pairs.is_empty() => {
-                return Err(invalid("model `ppin` needs at least one [[pair]]".into()))
-            }
-            ModelKind::KvmMsr if kvm_msrs.is_empty() => {
-                return Err(invalid(
-                    "model `kvm-msr` needs at least one [[kvm_msr]]".into(),
-                ))
-            }
-            _ => {}
-        }
-        Ok(Self {
-            name: raw.name,
-            description: raw.description,
-            model: raw.model,
-            scope: raw.scope,
-            rules,
-            registers,
-            conformance: raw.conformance,
-            capability: CapSpec {
-                name: raw_cap.name,
-                number,
-                args,
-                accepts,
-                required: raw_cap.required,
-            },
-            pairs,
-            initial_ctl: raw.initial.map_or(0, |i| i.ctl),
-            kvm_msrs,
-        })
-    }
-
     /// Every MSR the feature involves, in spec order.
     pub fn msrs(&self) -> Vec<MsrIndex> {
         let mut v: Vec<MsrIndex> = self.pairs.iter().flat_map(|p| [p.ctl, p.value]).collect();
@@ -764,7 +441,7 @@ impl FeatureSpec {
 }
 
 /// Whether a condition's `name` means something for a rule about `reg`.
-fn name_resolves(name: &str, reg: &Register, all: &[Register]) -> bool {
+pub(super) fn name_resolves(name: &str, reg: &Register, all: &[Register]) -> bool {
     match name.split_once('.') {
         None => matches!(name, "new" | "old" | "enabled") || all.iter().any(|r| r.name == name),
         Some(("new" | "old", field)) => reg.field(field).is_some(),
@@ -776,6 +453,7 @@ fn name_resolves(name: &str, reg: &Register, all: &[Register]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use msr_probe::Catalog;
 
     fn catalog() -> Catalog {
         Catalog::builtin().unwrap()

@@ -27,28 +27,20 @@
 //!
 //! Host values come from `KVMCAP_LAB_HOST` (`NAME=VALUE` words separated by `+`).
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backend::wiring::model_inputs;
 use crate::backend::Backend;
 use crate::commands::probe::{probe_bare, ProbeRequest};
 use crate::commands::scenario::{run_scenario, Scenario};
-use crate::commands::verify::{judge_guest, probe_words, validate, verify_linux, VerifyRequest};
+use crate::commands::verify::{verify_linux, VerifyRequest};
 use crate::features::Announce;
 use crate::features::FeatureSpec;
-use crate::guests::linux::BASE_CMDLINE;
 use crate::host::HostSources;
-use crate::report::{Report, RunFingerprint};
 use crate::vmm::error::Limits;
-use crate::x86::cpuid::CpuVendor;
-use msr_probe::frame::{Decoder, Frame, Progress};
-use msr_probe::{Catalog, Fingerprint, MsrIndex, ProbeReport, Reading};
+use msr_probe::Catalog;
 
 /// QEMU in the bench lab image.
 pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
@@ -295,13 +287,13 @@ fn run_job_untimed(
                 Err(e) => return fail(e.to_string()),
             };
             if kind == "cost" {
-                return match cost(job, &spec, paths, &host, limits, catalog) {
+                return match cost::cost(job, &spec, paths, &host, limits, catalog) {
                     Ok(r) => r,
                     Err(e) => fail(e),
                 };
             }
             let result = if kind == "qemu" {
-                run_qemu_job(job, &spec, paths, &host, limits.deadline, catalog)
+                qemu::run_qemu_job(job, &spec, paths, &host, limits.deadline, catalog)
             } else if kind == "probe" {
                 probe_bare(
                     &ProbeRequest {
@@ -360,353 +352,11 @@ fn run_job_untimed(
     }
 }
 
-/// The vendor a CPUID vendor string names.
-pub fn vendor_named(s: &str) -> CpuVendor {
-    match s {
-        "GenuineIntel" => CpuVendor::Intel,
-        "AuthenticAMD" | "HygonGenuine" => CpuVendor::Amd,
-        _ => CpuVendor::Other,
-    }
-}
-
-/// The MSR a `cost` job reads: the feature's value MSR for `vendor` (model ppin), else its
-/// first KVM-served MSR.
-pub fn cost_msr(spec: &FeatureSpec, vendor: CpuVendor) -> Option<MsrIndex> {
-    spec.pair_for(vendor)
-        .map(|p| p.value)
-        .or_else(|| spec.kvm_msrs.first().map(|k| k.msr))
-}
-
-/// A `cost` job: the bare probe reading one MSR [`COST_READS`] times per vCPU, timed in the
-/// guest.
-fn cost(
-    job: &Job,
-    spec: &FeatureSpec,
-    paths: &LabPaths,
-    host: &HostSources,
-    limits: Limits,
-    catalog: &Catalog,
-) -> Result<JobResult, String> {
-    let vendor = vendor_named(&Fingerprint::of_running_system().cpu_vendor);
-    let msr = cost_msr(spec, vendor).ok_or_else(|| {
-        format!(
-            "feature {} has no MSR for a {vendor:?} CPU to time",
-            spec.name
-        )
-    })?;
-    let r = probe_bare(
-        &ProbeRequest {
-            kvm_path: paths.kvm.clone(),
-            feature: Some(spec),
-            backend: job.backend,
-            announce: job.pair,
-            vcpus: job.vcpus,
-            msrs: vec![msr; COST_READS],
-            host,
-            limits,
-            irqchip: false,
-            timed: true,
-        },
-        catalog,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(cost_result(job, &r, msr, catalog))
-}
-
-/// A `cost` job's result from the probe's report: per vCPU the cycles of every read, the TSC
-/// frequency, and what the reads returned (they must all pass their verdicts).
-pub fn cost_result(job: &Job, r: &Report, msr: MsrIndex, catalog: &Catalog) -> JobResult {
-    let vcpus = usize::from(job.vcpus);
-    let mut cycles: Vec<Vec<u32>> = vec![Vec::new(); vcpus];
-    let mut seen: Vec<String> = Vec::new();
-    for row in &r.readings {
-        if let (Some(c), Some(per)) = (row.cycles, cycles.get_mut(row.cpu as usize)) {
-            per.push(c);
-        }
-        let what = match &row.guest {
-            Reading::Value(v) => format!("{v:#x}"),
-            Reading::Fault(_) => "#GP".to_owned(),
-            Reading::Unavailable(u) => format!("unavailable: {u}"),
-        };
-        if !seen.contains(&what) {
-            seen.push(what);
-        }
-    }
-    let complete = cycles.iter().all(|c| c.len() == COST_READS);
-    let pass = r.ok() && complete && r.tsc_khz.is_some();
-    JobResult {
-        job: job.name(),
-        pass,
-        snapshot: serde_json::json!({
-            "msr": catalog.name_of(msr),
-            "backend": job.backend.to_string(),
-            "reads": COST_READS,
-            "guest_saw": seen,
-            "verdicts_ok": r.ok(),
-            "timed": complete,
-        }),
-        report: serde_json::json!({
-            "msr": catalog.name_of(msr),
-            "index": msr.raw(),
-            "reads_per_vcpu": COST_READS,
-            "guest_saw": seen,
-            "failures": r.failures(),
-            "tsc_khz": r.tsc_khz,
-            "cycles": cycles,
-            "negotiation": to_value(&r.negotiation),
-            "vcpus": to_value(&r.vcpus),
-            "elapsed_ms": r.elapsed_ms,
-        }),
-        job_ms: 0.0,
-    }
-}
-
-/// The guest command line QEMU gets: kvmcap's own ([`BASE_CMDLINE`] and the probe words of
-/// `verify`) without the report window, which only kvmcap's VMM reads; msr-probe then prints
-/// its report on the console.
-pub fn qemu_cmdline(msrs: &[MsrIndex]) -> String {
-    let base: Vec<&str> = BASE_CMDLINE
-        .split_whitespace()
-        .filter(|w| !w.starts_with("KVMCAP_REPORT="))
-        .collect();
-    format!("{} {}", base.join(" "), probe_words(Some(msrs)))
-}
-
-/// QEMU's arguments for the guest: microvm (no firmware tables but an MP table, no PCI: its
-/// fastest machine), the host CPU model, the same vCPUs and memory as kvmcap's `verify`.
-pub fn qemu_args(paths: &LabPaths, vcpus: u8, mem_mib: u32, cmdline: &str) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-accel",
-        "kvm",
-        "-M",
-        "microvm,acpi=off",
-        "-cpu",
-        "host",
-        "-smp",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push(vcpus.to_string());
-    a.push("-m".into());
-    a.push(mem_mib.to_string());
-    a.extend(
-        [
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    a.push("-kernel".into());
-    a.push(paths.guest_kernel.display().to_string());
-    a.push("-initrd".into());
-    a.push(paths.guest_initramfs.display().to_string());
-    a.push("-append".into());
-    a.push(cmdline.to_owned());
-    a
-}
-
-/// What a QEMU run gave.
-#[derive(Debug)]
-pub struct QemuRun {
-    /// The first complete frame on its console, or why there is none.
-    pub frame: Result<Frame, String>,
-    /// From spawning QEMU to the frame's end line (or QEMU's end).
-    pub elapsed: Duration,
-    /// The console, bounded.
-    pub console: String,
-    /// QEMU's stderr.
-    pub stderr: String,
-}
-
-/// Feeds console output to `decoder` line by line until a frame completes.
-pub fn first_frame(decoder: &mut Decoder, lines: &[String]) -> Option<Result<Frame, String>> {
-    for l in lines {
-        match decoder.feed(l) {
-            Ok(Progress::Complete(f)) => return Some(Ok(f)),
-            Ok(_) => {}
-            Err(e) => return Some(Err(e.to_string())),
-        }
-    }
-    None
-}
-
-/// Runs QEMU, reads its console as it comes, and ends it as soon as the first frame is
-/// complete (or at `deadline`).
-pub fn run_qemu(qemu: &Path, args: &[String], deadline: Duration) -> Result<QemuRun, String> {
-    let start = Instant::now();
-    let mut child = Command::new(qemu)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
-    let stdout = child.stdout.take().ok_or("QEMU has no stdout")?;
-    let mut stderr = child.stderr.take().ok_or("QEMU has no stderr")?;
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut r = std::io::BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let mut decoder = Decoder::new();
-    let mut console = String::new();
-    let mut frame = None;
-    let mut elapsed = None;
-    while frame.is_none() {
-        let left = deadline.saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                if console.len() < QEMU_CONSOLE_LIMIT {
-                    console.push_str(&line);
-                }
-                frame = first_frame(&mut decoder, std::slice::from_ref(&line));
-                if frame.is_some() {
-                    elapsed = Some(start.elapsed());
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                frame = Some(Err(format!("no report within {} s", deadline.as_secs())));
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                frame = Some(Err(match decoder.finish() {
-                    Err(e) => e.to_string(),
-                    Ok(()) => "QEMU ended without a report".to_owned(),
-                }));
-                break;
-            }
-        }
-    }
-    let elapsed = elapsed.unwrap_or_else(|| start.elapsed());
-    let _ = child.kill();
-    let status = child.wait();
-    let mut stderr = err_reader.join().unwrap_or_default();
-    if let Ok(s) = status {
-        if !s.success() && frame.as_ref().is_some_and(|f| f.is_err()) {
-            stderr.push_str(&format!("\n(QEMU {s})"));
-        }
-    }
-    Ok(QemuRun {
-        frame: frame.unwrap_or_else(|| Err("no report".into())),
-        elapsed,
-        console,
-        stderr,
-    })
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let v: Vec<&str> = text.lines().collect();
-    v[v.len().saturating_sub(lines)..].join(" | ")
-}
-
-/// A `qemu` job: boot the guest under QEMU, judge its report as `verify` does.
-fn run_qemu_job(
-    job: &Job,
-    spec: &FeatureSpec,
-    paths: &LabPaths,
-    host: &HostSources,
-    deadline: Duration,
-    catalog: &Catalog,
-) -> Result<Report, String> {
-    let msrs = spec.msrs();
-    let args = qemu_args(paths, job.vcpus, GUEST_MEM_MIB, &qemu_cmdline(&msrs));
-    let run = run_qemu(&paths.qemu, &args, deadline)?;
-    judge_qemu_run(job, spec, &msrs, &run, host, catalog)
-}
-
-/// Judges what a QEMU run gave, as `verify` judges its own runs (backend `none`: the model
-/// as stock KVM leaves it).
-pub fn judge_qemu_run(
-    job: &Job,
-    spec: &FeatureSpec,
-    msrs: &[MsrIndex],
-    run: &QemuRun,
-    host: &HostSources,
-    catalog: &Catalog,
-) -> Result<Report, String> {
-    let no_report = |why: String| {
-        format!(
-            "QEMU's guest gave no report: {why}; QEMU stderr: {}; last console lines: {}",
-            tail(&run.stderr, 5),
-            tail(&run.console, 10)
-        )
-    };
-    let frame = run.frame.clone().map_err(&no_report)?;
-    let guest: ProbeReport = serde_json::from_str(&frame.document())
-        .map_err(|e| no_report(format!("report is not a msr-probe report: {e}")))?;
-    validate(&guest, job.vcpus, msrs).map_err(&no_report)?;
-    let vendor = vendor_named(&guest.fingerprint.cpu_vendor);
-    let inputs = model_inputs(
-        spec,
-        job.backend,
-        vendor,
-        job.pair,
-        host,
-        spec.capability.args,
-        &[],
-    )
-    .map_err(|e| e.to_string())?;
-    let (readings, kernel_ppin) = judge_guest(
-        &guest,
-        Some(spec),
-        job.backend,
-        Some(&inputs),
-        host,
-        catalog,
-    );
-    let me = Fingerprint::of_running_system();
-    Ok(Report {
-        fingerprint: RunFingerprint {
-            kernel: me.kernel,
-            cpu_vendor: me.cpu_vendor,
-            cpu_model: me.cpu_model,
-            guest_vendor: vendor,
-            guest: "linux".into(),
-            feature: Some(spec.name.clone()),
-            backend: job.backend,
-            vcpus: guest.cpus.len(),
-            host_sources: host.describe(),
-            announced: inputs.announced.clone(),
-        },
-        negotiation: Vec::new(),
-        vcpus: Vec::new(),
-        readings,
-        kernel_ppin,
-        notes: vec![format!(
-            "QEMU {QEMU} -M microvm,acpi=off; guest kernel {}, guest CPU {}, report via the console",
-            guest.fingerprint.kernel, guest.fingerprint.cpu_model
-        )],
-        elapsed_ms: run.elapsed.as_secs_f64() * 1000.0,
-        tsc_khz: None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use msr_probe::frame::Decoder;
+    use msr_probe::MsrIndex;
 
     #[test]
     fn new_job_kinds_parse() {
@@ -750,7 +400,7 @@ mod tests {
 
     /// A QEMU microvm console recorded on a development host (`-accel tcg -cpu max`, same
     /// guest kernel and initramfs, the AMD PPIN pair; TCG reads both as 0, PPIN not announced).
-    const RECORDED: &str = include_str!("../tests/data/qemu-microvm-console.txt");
+    const RECORDED: &str = include_str!("../../tests/data/qemu-microvm-console.txt");
 
     #[test]
     fn a_recorded_qemu_console_is_decoded_and_judged() {
@@ -792,3 +442,9 @@ mod tests {
         );
     }
 }
+
+mod cost;
+mod qemu;
+
+pub use cost::{cost_msr, cost_result, vendor_named};
+pub use qemu::{first_frame, judge_qemu_run, qemu_args, qemu_cmdline, run_qemu, QemuRun};

@@ -1,0 +1,161 @@
+//! What a scenario run found: each step's and case's outcome, and the report's table.
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::features::Announce;
+use crate::vmm::vcpu::VcpuEnd;
+use crate::x86::cpuid::CpuVendor;
+use msr_probe::Reading;
+
+/// One step's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepResult {
+    /// The vCPU.
+    pub cpu: u32,
+    /// The step as the scenario says it (roles, not indices: the same on every host).
+    pub what: String,
+    /// The step with the concrete MSR.
+    pub step: String,
+    /// What the scenario expects.
+    pub expected: Reading,
+    /// What the feature model predicts.
+    pub model: Reading,
+    /// What the guest saw.
+    pub seen: Reading,
+    /// Whether seen == expected == model.
+    pub pass: bool,
+}
+
+/// One case's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseResult {
+    /// The case.
+    pub name: String,
+    /// The feature rules it checks.
+    pub rules: Vec<String>,
+    /// The pairs the guest's CPUID announced (`intel`, `amd`, `both`).
+    pub pair: String,
+    /// Why the case did not run (it needs more vCPUs than the run has).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// Negotiation outcome per capability.
+    pub negotiation: Vec<String>,
+    /// How each vCPU ended.
+    pub ends: Vec<VcpuEnd>,
+    /// The expected end.
+    pub expect_end: String,
+    /// Per step and vCPU.
+    pub steps: Vec<StepResult>,
+    /// Whether the case passed.
+    pub pass: bool,
+}
+
+/// A scenario run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioReport {
+    /// The scenario.
+    pub scenario: String,
+    /// The backend.
+    pub backend: Backend,
+    /// The pairs the guest's CPUID announced by default (`intel`, `amd`, `both`).
+    pub pair: String,
+    /// The pair as asked for (`vendor` unless the run named one): what snapshots show, so
+    /// they are the same on every host.
+    pub announce: Announce,
+    /// The guest's CPU vendor.
+    pub guest_vendor: CpuVendor,
+    /// vCPU count.
+    pub vcpus: u8,
+    /// Per case.
+    pub cases: Vec<CaseResult>,
+    /// Whether every case passed.
+    pub pass: bool,
+}
+
+impl ScenarioReport {
+    /// The machine-independent view for snapshots: steps by role, readings literal (every
+    /// value in a scenario is one the scenario or the VMM supplies).
+    pub fn snapshot_view(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "scenario {} backend {} pair {} vcpus {}",
+            self.scenario, self.backend, self.announce, self.vcpus
+        )];
+        for c in &self.cases {
+            let state = match (&c.skipped, c.pass) {
+                (Some(why), _) => format!("skipped ({why})"),
+                (None, true) => "pass".into(),
+                (None, false) => "FAIL".into(),
+            };
+            out.push(format!("case {} [{}]: {state}", c.name, c.rules.join(", ")));
+            if c.expect_end == "refused" {
+                out.extend(c.negotiation.iter().map(|n| format!("  {n}")));
+                continue;
+            }
+            for s in &c.steps {
+                out.push(format!(
+                    "  cpu{} {}: expected {} model {} seen {} {}",
+                    s.cpu,
+                    s.what,
+                    s.expected,
+                    s.model,
+                    s.seen,
+                    if s.pass { "ok" } else { "FAIL" }
+                ));
+            }
+            let ends: Vec<String> = c
+                .ends
+                .iter()
+                .map(|e| match e {
+                    // An idle vCPU (no steps) may finish before another ends the VM, or be
+                    // stopped by it: both are the same outcome.
+                    VcpuEnd::Done { ops: 0 } | VcpuEnd::Stopped => "idle".to_owned(),
+                    VcpuEnd::Done { ops } => format!("done({ops})"),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            out.push(format!("  end: {}", ends.join(", ")));
+        }
+        out
+    }
+
+    /// The table people read.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "scenario {} (backend {}, pair {}, {} vCPU(s), guest CPU {:?})\n",
+            self.scenario, self.backend, self.pair, self.vcpus, self.guest_vendor
+        );
+        for c in &self.cases {
+            if let Some(why) = &c.skipped {
+                out.push_str(&format!("case {} [skipped: {why}]\n", c.name));
+                continue;
+            }
+            out.push_str(&format!(
+                "case {} [{}]  rules {}  ({})\n",
+                c.name,
+                if c.pass { "pass" } else { "FAIL" },
+                c.rules.join(", "),
+                c.negotiation.join("; ")
+            ));
+            for s in &c.steps {
+                out.push_str(&format!(
+                    "  cpu{} {:<36} expected {:<20} model {:<20} seen {:<20} {}\n",
+                    s.cpu,
+                    s.step,
+                    s.expected.to_string(),
+                    s.model.to_string(),
+                    s.seen.to_string(),
+                    if s.pass { "ok" } else { "FAIL" }
+                ));
+            }
+            let ends: Vec<String> = c.ends.iter().map(|e| format!("{e:?}")).collect();
+            out.push_str(&format!(
+                "  end: {} (expected {})\n",
+                ends.join(", "),
+                c.expect_end
+            ));
+        }
+        out.push_str(if self.pass { "PASS\n" } else { "FAIL\n" });
+        out
+    }
+}
