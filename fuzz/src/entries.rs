@@ -497,18 +497,13 @@ pub fn examples(name: &str) -> Vec<Vec<u8>> {
                 .map(|(c, end)| text[c[0]..end].to_vec())
                 .collect()
         }
-        "feature" => kvmcap::features::BUILTIN
+        "feature" => kvmcap::fixtures::FEATURES
             .iter()
             .map(|(_, t)| t.as_bytes().to_vec())
             .collect(),
-        "scenario" => [
-            include_str!("../../fixtures/scenarios/ppin-ctl-states.toml"),
-            include_str!("../../fixtures/scenarios/ppin-absent.toml"),
-            include_str!("../../fixtures/scenarios/platform-info.toml"),
-            include_str!("../../fixtures/scenarios/guest-ends.toml"),
-        ]
-        .iter()
-        .map(|t| t.as_bytes().to_vec())
+        "scenario" => kvmcap::fixtures::SCENARIOS
+            .iter()
+            .map(|(_, t)| t.as_bytes().to_vec())
         .collect(),
         "profile" => vec![b"[fingerprint]\nkernel = '6.12.0'\ncpu_vendor = 'AuthenticAMD'\ncpu_model = 'AMD EPYC'\ncpu_fms = '25.1.1'\nhypervisor = false\n\n[msr]\nMSR_AMD_PPIN = 0x1122334455667788\nMSR_PLATFORM_INFO = 0x80000000\n0x4f = 5\n".to_vec()],
         "results" => {

@@ -4,6 +4,7 @@
 //! - [`x86`], architectural facts (CPUID, long mode, the MP table, guest-physical layout);
 //! - [`kvm`], the KVM layer, the only place with `unsafe`;
 //! - [`host`], where host MSR values come from;
+//! - [`fixtures`], the feature and scenario files built in and the user's own;
 //! - [`features`], feature files, the rule engine and the models it builds;
 //! - [`negotiate`], capability negotiation;
 //! - [`backend`], what each backend negotiates and serves for a feature;
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod commands;
 pub mod compare;
 pub mod features;
+pub mod fixtures;
 pub mod guests;
 pub mod host;
 pub mod kvm;

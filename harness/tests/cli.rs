@@ -49,7 +49,84 @@ fn usage_errors_are_exit_2() {
     }
     let o = kvmcap(&["--help"]);
     assert!(o.status.success());
-    assert!(String::from_utf8_lossy(&o.stdout).contains("EXIT CODES"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Exit codes:"));
+    let o = kvmcap(&["--version"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("kvmcap "));
+    // A typo gets a suggestion, in one line.
+    let o = kvmcap(&["probe", "--backnd=user"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_line_error(&o).contains("'--backend'"));
+}
+
+/// Every flag a subcommand's help names is one the subcommand accepts, and every subcommand
+/// has its own help.
+#[test]
+fn help_names_only_flags_that_work() {
+    for sub in ["caps", "probe", "image", "run", "explore", "verify", "list"] {
+        let o = kvmcap(&[sub, "--help"]);
+        assert!(o.status.success(), "{sub} --help");
+        let help = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(help.contains(&format!("Usage: kvmcap {sub}")), "{help}");
+        let flags: std::collections::BTreeSet<String> = help
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(String::from)
+            .collect();
+        assert!(!flags.is_empty(), "{sub}");
+        for flag in flags {
+            let o = kvmcap(&[sub, &flag]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                !err.contains("unexpected argument"),
+                "kvmcap {sub} --help names {flag}, which {sub} refuses: {err}"
+            );
+        }
+    }
+}
+
+/// The built-in scenarios and features run from a copy of the binary far from the workspace.
+#[test]
+fn a_copied_binary_lists_its_built_in_fixtures() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("kvmcap");
+    std::fs::copy(env!("CARGO_BIN_EXE_kvmcap"), &copy).unwrap();
+    let o = Command::new(&copy)
+        .args(["list", "scenarios", "--json"])
+        .current_dir(dir.path())
+        .env_remove("KVMCAP_FIXTURES")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"ppin-ctl-states"), "{names:?}");
+    // The user's own directory comes first and is named as the origin.
+    std::fs::create_dir_all(dir.path().join("mine/scenarios")).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/scenarios/ppin-enable.toml"
+        ),
+        dir.path().join("mine/scenarios/my-own.toml"),
+    )
+    .unwrap();
+    let o = Command::new(&copy)
+        .args(["list", "scenarios", "--fixtures"])
+        .arg(dir.path().join("mine"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("my-own") && out.contains("mine/scenarios/my-own.toml"),
+        "{out}"
+    );
 }
 
 /// A dump that is not the image's results area is exit 9 (no usable report), in one line.
@@ -74,7 +151,8 @@ fn bad_input_files_are_exit_6() {
     assert_eq!(o.status.code(), Some(6));
     assert!(one_line_error(&o).contains("needs `expect`"));
     let o = kvmcap(&["run", "no-such-scenario"]);
-    assert_eq!(o.status.code(), Some(6));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(one_line_error(&o).contains("known: "));
     let f = d.path().join("feature.toml");
     std::fs::write(&f, "name='x'\nmodel='ppin'\n[capability]\nname='KVM_CAP_PPIN'\n[[pair]]\nvendor='amd'\nctl='MSR_AMD_PPIN_CTL'\nvalue='NOPE'\ncpuid={leaf=1,register='ebx',bit=1}\n").unwrap();
     let o = kvmcap(&[
@@ -400,7 +478,7 @@ fn bad_guest_images_are_exit_6_and_write_no_report() {
             "ppin",
             "--backend",
             "none",
-            "--json",
+            "--report",
             report.to_str().unwrap(),
         ];
         all.extend(args);

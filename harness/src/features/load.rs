@@ -2,12 +2,13 @@
 //! [`FeatureSpec`]. Every semantic error names the file, the line and the key.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::spec::*;
+use crate::fixtures::{self, Found, Kind};
 use crate::kvm::cap_by_name;
 use crate::x86::cpuid::{CpuVendor, CpuidBit};
 use msr_probe::{Catalog, MsrIndex};
@@ -158,32 +159,29 @@ impl Site<'_> {
 }
 
 impl FeatureSpec {
-    /// A built-in feature by name, or a spec file by path.
+    /// A feature by name (the user's fixtures directory, then the built-in ones: see
+    /// [`crate::fixtures`]), or a feature file by path.
     pub fn find(name_or_path: &str, catalog: &Catalog) -> Result<Self, FeatureError> {
-        if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
-            return Self::parse(text, &format!("{name_or_path} (built in)"), catalog);
-        }
-        // A feature file by name: the workspace's fixtures, or `/features` in the lab.
-        if !name_or_path.contains('/') && !name_or_path.ends_with(".toml") {
-            for dir in [
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/features"),
-                PathBuf::from("/features"),
-            ] {
-                let p = dir.join(format!("{name_or_path}.toml"));
-                if p.is_file() {
-                    return Self::find(&p.display().to_string(), catalog);
-                }
-            }
-        }
-        let path = Path::new(name_or_path);
-        if path.extension().is_some_and(|e| e == "toml") {
+        let read = |path: &Path| {
             let text = std::fs::read_to_string(path).map_err(|source| FeatureError::Read {
                 path: path.to_owned(),
                 source,
             })?;
-            return Self::parse(&text, &path.display().to_string(), catalog);
+            Self::parse(&text, &path.display().to_string(), catalog)
+        };
+        if fixtures::is_path(name_or_path) {
+            return read(Path::new(name_or_path));
         }
-        Err(FeatureError::Unknown(name_or_path.to_owned()))
+        match fixtures::find(Kind::Feature, name_or_path) {
+            Some(Found::File(path)) => read(&path),
+            Some(Found::Builtin(text)) => {
+                Self::parse(text, &format!("{name_or_path} (built in)"), catalog)
+            }
+            None => Err(FeatureError::Unknown {
+                name: name_or_path.to_owned(),
+                known: fixtures::names(Kind::Feature),
+            }),
+        }
     }
 
     /// Parses and validates a spec against the catalog.

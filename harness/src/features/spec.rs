@@ -10,23 +10,17 @@ use crate::host::HostSources;
 use crate::x86::cpuid::{CpuVendor, CpuidBit};
 use msr_probe::MsrIndex;
 
-/// The built-in feature specs, so `kvmcap` works from any directory.
-pub const BUILTIN: &[(&str, &str)] = &[
-    ("ppin", include_str!("../../../fixtures/features/ppin.toml")),
-    (
-        "platform-info",
-        include_str!("../../../fixtures/features/platform-info.toml"),
-    ),
-];
-
 /// What is wrong with a feature spec.
 #[derive(Debug, thiserror::Error)]
 pub enum FeatureError {
     /// no such feature
-    #[error(
-        "unknown feature `{0}` (built in: ppin, platform-info; fixtures/features/NAME.toml by name; or a path to a .toml spec)"
-    )]
-    Unknown(String),
+    #[error("unknown feature `{name}` (known: {known}; or a path to a .toml file; `kvmcap list features`)")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The names known (built in and the user's).
+        known: String,
+    },
     /// the file cannot be read
     #[error("feature spec {path}: cannot read: {source}")]
     Read {
@@ -367,6 +361,11 @@ impl FeatureSpec {
     pub fn msrs(&self) -> Vec<MsrIndex> {
         let mut v: Vec<MsrIndex> = self.pairs.iter().flat_map(|p| [p.ctl, p.value]).collect();
         v.extend(self.kvm_msrs.iter().map(|k| k.msr));
+        for m in self.registers.iter().filter_map(|r| r.msr) {
+            if !v.contains(&m) {
+                v.push(m);
+            }
+        }
         v
     }
 
@@ -477,7 +476,7 @@ mod tests {
         let c = catalog();
         assert!(matches!(
             FeatureSpec::find("nope", &c),
-            Err(FeatureError::Unknown(_))
+            Err(FeatureError::Unknown { .. })
         ));
         let bad = |t: &str| FeatureSpec::parse(t, "t.toml", &c).unwrap_err().to_string();
         let e = bad("name='x'\nmodel='kvm-msr'\n[capability]\nname='KVM_CAP_NOPE'\n");

@@ -287,7 +287,7 @@ pub fn load_kernel<F: Read + ReadVolatile + Seek>(
         &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE)),
         mem,
     )
-    .map_err(|e| VmmError::Request(format!("boot parameters: {e}")))?;
+    .map_err(|e| VmmError::Internal(format!("boot parameters: {e}")))?;
     mptable::write(mem, vcpus).map_err(mem_err)?;
     long_mode::write_tables(mem).map_err(mem_err)?;
     Ok(LoadedKernel {
@@ -392,7 +392,8 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
             ioctl: "KVM_CREATE_PIT2".into(),
             source,
         })?;
-    let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| VmmError::Request(format!("eventfd: {e}")))?;
+    let irq =
+        EventFd::new(EFD_NONBLOCK).map_err(|e| VmmError::Internal(format!("eventfd: {e}")))?;
     vm.fd()
         .register_irqfd(&irq, SERIAL_IRQ)
         .map_err(|source| KvmError::Ioctl {
@@ -449,7 +450,7 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
     drop(vm_ready);
     let c = console
         .lock()
-        .map_err(|_| VmmError::Request("console lock poisoned".into()))?;
+        .map_err(|_| VmmError::Internal("console lock poisoned".into()))?;
     // The report window, if the guest used it (untrusted: bounded, text up to the first NUL).
     let mut window = vec![0u8; REPORT_WINDOW_LEN];
     let from_window = mem

@@ -7,7 +7,8 @@
 //! - `verify:FEATURE:BACKEND:VCPUS` boots the Linux guest (`/guest/bzImage`,
 //!   `/guest/initramfs.cpio`) and verifies what it reads (the feature's MSRs);
 //! - `catalog:FEATURE:BACKEND:VCPUS` the same with the whole catalog;
-//! - `run:SCENARIO:BACKEND:VCPUS` runs `/scenarios/SCENARIO.toml` on the bare guest;
+//! - `run:SCENARIO:BACKEND:VCPUS` runs a scenario on the bare guest: `/scenarios/SCENARIO.toml`
+//!   (the lab's fixtures directory is `/`), else the built-in one of that name;
 //! - `probe:FEATURE:BACKEND:VCPUS` the bare probe of the feature's MSRs;
 //! - `selftest:NAME:kernel:1` runs the KVM selftest `/selftests/NAME` (built from the patched
 //!   tree); it passes on exit 0 (a skip, exit 4, is a failure: the lab must have the cap);
@@ -131,8 +132,6 @@ pub struct LabPaths {
     pub guest_kernel: PathBuf,
     /// The guest initramfs.
     pub guest_initramfs: PathBuf,
-    /// The scenarios folder.
-    pub scenarios: PathBuf,
     /// The selftests folder.
     pub selftests: PathBuf,
     /// QEMU (bench lab image only).
@@ -145,7 +144,6 @@ impl Default for LabPaths {
             kvm: "/dev/kvm".into(),
             guest_kernel: "/guest/bzImage".into(),
             guest_initramfs: "/guest/initramfs.cpio".into(),
-            scenarios: "/scenarios".into(),
             selftests: "/selftests".into(),
             qemu: QEMU.into(),
         }
@@ -263,8 +261,7 @@ fn run_job_untimed(
             }
         }
         "run" => {
-            let path = paths.scenarios.join(format!("{}.toml", job.subject));
-            let scenario = match Scenario::find(&path.display().to_string(), catalog) {
+            let scenario = match Scenario::find(&job.subject, catalog) {
                 Ok(s) => s,
                 Err(e) => return fail(e.to_string()),
             };
@@ -444,6 +441,7 @@ mod tests {
 }
 
 mod cost;
+pub mod init;
 mod qemu;
 
 pub use cost::{cost_msr, cost_result, vendor_named};

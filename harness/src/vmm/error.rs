@@ -38,6 +38,9 @@ pub enum VmmError {
     /// backend: KVM refused it, or the `user` model did as KVM would)
     #[error(transparent)]
     Initial(#[from] InitialRefused),
+    /// the VMM itself failed (a thread, an OS resource, guest memory it laid out)
+    #[error("internal: {0}")]
+    Internal(String),
     /// a kernel or initramfs image is unusable
     #[error("{path}: {problem}")]
     Image {

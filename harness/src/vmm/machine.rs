@@ -141,7 +141,7 @@ impl OpenVm {
             (cpuid.join(), vm)
         });
         let supported = supported.map_err(|_| {
-            VmmError::Request("KVM_GET_SUPPORTED_CPUID: its thread panicked".into())
+            VmmError::Internal("KVM_GET_SUPPORTED_CPUID: its thread panicked".into())
         })??;
         Ok(Self {
             supported,

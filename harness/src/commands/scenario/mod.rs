@@ -32,12 +32,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::features::{Announce, FeatureError, FeatureSpec};
+use crate::fixtures::{self, Found, Kind};
 use crate::vmm::error::VmmError;
 use msr_probe::{Catalog, MsrIndex};
 
 /// Why a scenario cannot be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
+    /// no scenario of that name
+    #[error("unknown scenario `{name}` (known: {known}; or a path to a .toml file; `kvmcap list scenarios`)")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The names known (built in and the user's).
+        known: String,
+    },
     /// the file cannot be read
     #[error("scenario {path}: cannot read: {source}")]
     Read {
@@ -282,16 +291,26 @@ fn expect(v: &Option<toml::Value>) -> Result<Expect, String> {
 impl Scenario {
     /// Loads a scenario by path, or by name from `fixtures/scenarios/`.
     pub fn find(name_or_path: &str, catalog: &Catalog) -> Result<Self, ScenarioError> {
-        let path = if name_or_path.ends_with(".toml") {
-            PathBuf::from(name_or_path)
-        } else {
-            scenario_dir().join(format!("{name_or_path}.toml"))
+        let read = |path: &Path| {
+            let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            Self::parse(&text, &path.display().to_string(), catalog)
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ScenarioError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Self::parse(&text, &path.display().to_string(), catalog)
+        if fixtures::is_path(name_or_path) {
+            return read(Path::new(name_or_path));
+        }
+        match fixtures::find(Kind::Scenario, name_or_path) {
+            Some(Found::File(path)) => read(&path),
+            Some(Found::Builtin(text)) => {
+                Self::parse(text, &format!("{name_or_path} (built in)"), catalog)
+            }
+            None => Err(ScenarioError::Unknown {
+                name: name_or_path.to_owned(),
+                known: fixtures::names(Kind::Scenario),
+            }),
+        }
     }
 
     /// Parses and validates a scenario.
@@ -439,11 +458,6 @@ impl Scenario {
             cases,
         })
     }
-}
-
-/// Where the built-in scenarios live.
-pub fn scenario_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/scenarios")
 }
 
 mod report;

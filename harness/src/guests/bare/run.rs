@@ -331,7 +331,7 @@ pub fn run_bare_on(open: OpenVm, req: &BareRequest<'_>) -> Result<BareOutcome, V
     if req.irqchip {
         create_irqchip(&vm)?;
     }
-    bare::load_image(&mem).map_err(VmmError::Request)?;
+    bare::load_image(&mem).map_err(VmmError::Internal)?;
     for (cpu, ops) in req.ops.iter().enumerate() {
         bare::load_ops(&mem, cpu as u8, ops, req.timed).map_err(VmmError::Request)?;
     }
