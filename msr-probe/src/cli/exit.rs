@@ -66,22 +66,20 @@ impl Exit {
         }
     }
 
-    /// What the code means, and what rdmsr does there.
+    /// What the code means.
     pub fn meaning(self) -> &'static str {
         match self {
             Exit::Success => "success",
             Exit::Internal => "internal failure: a bug in msr-probe",
-            Exit::NoSuchCpu => "no such CPU: its device refused the open (ENXIO), as rdmsr",
-            Exit::NoMsrSupport => "the CPU does not support MSRs (EIO on open), as rdmsr",
-            Exit::ReadFault => "the read failed: the CPU raised #GP (EIO on read), as rdmsr",
+            Exit::NoSuchCpu => "no such CPU: its device refused the open (ENXIO)",
+            Exit::NoMsrSupport => "the CPU does not support MSRs (EIO on open)",
+            Exit::ReadFault => "the read failed: the CPU raised #GP (EIO on read)",
             Exit::PermissionDenied => "permission denied (rdmsr: 127)",
-            Exit::BadCatalog => "bad catalog file (msr-probe only)",
+            Exit::BadCatalog => "bad catalog file",
             Exit::DeviceIo => "any other I/O error on the device (rdmsr: 127)",
-            Exit::OutputNotWritten => "the output was not written (msr-probe only)",
-            Exit::Usage => "usage error, as rdmsr",
-            Exit::NoDevice => {
-                "/dev/cpu/N/msr does not exist (no msr driver, or no such CPU), as rdmsr"
-            }
+            Exit::OutputNotWritten => "the output was not written",
+            Exit::Usage => "usage error",
+            Exit::NoDevice => "/dev/cpu/N/msr does not exist (no msr driver, or no such CPU)",
         }
     }
 
@@ -197,7 +195,7 @@ mod tests {
     fn one_line_per_code_and_usage_is_never_internal() {
         let t = Exit::table();
         assert_eq!(t.lines().count(), 10, "{t}");
-        assert!(t.contains("  127  usage error, as rdmsr; /dev/cpu/N/msr does not exist"));
+        assert!(t.contains("  127  usage error; /dev/cpu/N/msr does not exist"));
         assert_eq!(CliError::Internal("x".into()).exit().code(), 1);
         let out = CliError::Output {
             target: "stdout".into(),

@@ -59,7 +59,7 @@ crash without /dev/cpu); errors are one line naming the cause.
 
 The PPIN MSRs are shown next to the kernel's own cpuN/topology/ppin.
 
-EXIT CODES:
+EXIT CODES (0, 2, 3, 4 and 127 as rdmsr):
 ";
 
 /// The help text, its exit codes from [`Exit::table`].
