@@ -289,10 +289,23 @@ impl Catalog {
 
 /// A user named an MSR that is neither a number nor in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown MSR `{spec}`: not a number and not a name in the catalog (see `msr-probe list`)")]
+#[error("{}", describe_unknown(.spec))]
 pub struct UnknownMsr {
     /// What the user typed.
     pub spec: String,
+}
+
+fn describe_unknown(spec: &str) -> String {
+    let t = spec.trim();
+    if t.is_empty() {
+        "an empty MSR: give a number such as 0x4f or a name such as PPIN".into()
+    } else if t.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+') {
+        format!(
+            "`{spec}` is not an MSR index: expected a 32-bit number such as 0x4f, 79 or 0xc00102f1"
+        )
+    } else {
+        format!("unknown MSR `{spec}`: not a number and not a name in the catalog (see `msr-probe list`)")
+    }
 }
 
 #[cfg(test)]
