@@ -32,10 +32,12 @@ const VALUES: &[(u32, u32, u64)] = &[
 const FILE_END: u64 = 0xc002_0000;
 
 /// Mounts the fake tree ($1) over /dev/cpu (over a fresh /dev when the host has no
-/// /dev/cpu), then runs the tool. Exit 99 with a marker when the namespace cannot be set up.
+/// /dev/cpu; `none`: an empty /dev, no /dev/cpu at all), then runs the tool. Exit 99 with a marker when the namespace cannot be set up.
 const SETUP: &str = r#"fake=$1; shift
 fail() { echo "kvmcap-setup: $*" >&2; exit 99; }
-if [ -d /dev/cpu ]; then
+if [ "$fake" = none ]; then
+  mount -t tmpfs kvmcap-fake-dev /dev || fail "tmpfs over /dev"
+elif [ -d /dev/cpu ]; then
   mount --bind "$fake" /dev/cpu || fail "bind mount over /dev/cpu"
 else
   mount -t tmpfs kvmcap-fake-dev /dev || fail "tmpfs over /dev"
@@ -274,6 +276,9 @@ fn named() -> Vec<(&'static str, &'static [&'static str], Expect)> {
         ("tree", &["--version"], SameCode),
         // Documented differences (README, msr-probe --help).
         ("tree", &["0x10", "0x4f"], Differs(127, 0)),
+        ("tree", &["PPIN"], Differs(127, 0)),
+        ("none", &["0x10"], Same),
+        ("none", &["-a", "0x10"], Differs(139, 127)),
         ("tree", &["-p", "", "0x10"], Differs(0, 127)),
         ("tree", &[""], Differs(0, 127)),
         ("tree", &["0x100000010"], Differs(0, 127)),
@@ -309,6 +314,8 @@ fn msr_probe_matches_debian_rdmsr() {
             d
         }),
         ("empty", fake_tree(tmp.path(), "empty", &[], &[])),
+        // No /dev/cpu at all (SETUP mounts an empty /dev).
+        ("none", PathBuf::from("none")),
     ];
     let tree = |name: &str| &trees.iter().find(|(n, _)| *n == name).unwrap().1;
 
