@@ -95,7 +95,11 @@ pub fn cmd_init() -> Result<(), CliError> {
         pid1,
     };
     let catalog = Catalog::builtin()?;
-    let env: HashMap<String, String> = std::env::vars().collect();
+    // vars_os: a variable that is not UTF-8 (the kernel passes the command line through) is
+    // skipped, not a panic.
+    let env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
     let config = match InitConfig::from_env(&env, &catalog) {
         Ok(c) => c,
         Err(e) => {

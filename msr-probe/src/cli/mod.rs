@@ -52,10 +52,12 @@ BEYOND RDMSR:
     -h, --help                this help (on stdout; rdmsr prints its usage on stderr)
     -V, --version             the version (on stdout)
 
-Where msr-probe differs from rdmsr on purpose: -p takes any CPU number (rdmsr 1.3: up to
-255) but not an empty one; an MSR number must fit 32 bits (rdmsr truncates it) and may not
-be empty or negative; -a lists no CPU as a missing driver (rdmsr: nothing, exit 0, or a
-crash without /dev/cpu); errors are one line naming the cause.
+Where msr-probe differs from rdmsr on purpose: several MSRs, names and _ in numbers are
+accepted; an MSR number must fit 32 bits (rdmsr truncates it) and may not be empty; -p takes
+any CPU number (rdmsr 1.3: up to 255) but not an empty one; -a prints CPUs in ascending order
+(rdmsr: the reverse of /dev/cpu's directory order) and an empty or missing /dev/cpu is a
+missing driver (rdmsr: nothing and exit 0, or a crash); errors are one line on stderr naming
+the cause; permission denied and other I/O errors have their own exit codes (rdmsr: 127).
 
 The PPIN MSRs are shown next to the kernel's own cpuN/topology/ppin.
 
