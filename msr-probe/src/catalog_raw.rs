@@ -1,6 +1,6 @@
 //! The catalog file's raw shape, shared by the library (which parses catalog files) and by
 //! msr-probe's build script (which turns the built-in catalog into Rust data at build time, so
-//! no run pays for parsing it). Validation is the library's: see `catalog.rs`.
+//! no run pays for parsing it). Validation is the library's: see `catalog/mod.rs`.
 
 use serde::Deserialize;
 use toml::Spanned;

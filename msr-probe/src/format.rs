@@ -1,4 +1,7 @@
-//! rdmsr-compatible rendering of values: `-x -X -d -u -0 -c` and `-f HIGH:LOW`.
+//! rdmsr-compatible rendering of values: `-x -X -d -u -o -r -0 -c` and `-f HIGH:LOW`,
+//! byte for byte as msr-tools 1.3's `rdmsr_on_cpu()` prints them (quirks included: `-d`
+//! negates the bits below a set top bit, `-c` turns `-0` off for `-d` and `-u`, `-u -c` adds
+//! a `U` suffix).
 
 use crate::catalog::BitRange;
 
@@ -10,10 +13,17 @@ pub enum Radix {
     Hex,
     /// Uppercase hexadecimal (`-X`).
     HexUpper,
-    /// Signed decimal (`-d`), sign-extended from the field's top bit.
+    /// Decimal with rdmsr's sign rule (`-d`): when the field's top bit is set, the value
+    /// printed is minus the field's other bits (not two's complement: 0xff in `-f 7:0`
+    /// prints `-127`).
     Signed,
     /// Unsigned decimal (`-u`).
     Unsigned,
+    /// Octal (`-o`).
+    Octal,
+    /// Raw binary (`-r`): the eight bytes in the CPU's (little-endian) order, no newline;
+    /// with `-c` a C array initializer.
+    Raw,
 }
 
 /// How to print one value, as `rdmsr` would.
@@ -23,56 +33,88 @@ pub struct ValueFormat {
     pub radix: Radix,
     /// `-0`: pad with zeros to the field's full width.
     pub zero_pad: bool,
-    /// `-c`: C-language notation (`0x` prefix for hex).
+    /// `-c`: C-language notation (`0x` prefix for hex, `0` for octal, `U` for unsigned).
     pub c_style: bool,
     /// `-f HIGH:LOW`: print only these bits, shifted down.
     pub field: Option<BitRange>,
 }
 
+/// rdmsr's `decdigits[]`: the decimal digits of 2^n, for n = 0..=64.
+const DEC_DIGITS: [usize; 65] = [
+    1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 9, 9, 9, 10,
+    10, 10, 10, 11, 11, 11, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 15, 15, 15, 16, 16, 16, 16, 17,
+    17, 17, 18, 18, 18, 19, 19, 19, 19, 20,
+];
+
 impl ValueFormat {
-    /// Renders `raw` (the full 64-bit MSR value).
+    fn bits(&self) -> BitRange {
+        self.field.unwrap_or(BitRange { high: 63, low: 0 })
+    }
+
+    /// Renders `raw` (the full 64-bit MSR value) as text, without a newline. `-r` without
+    /// `-c` has no text form; it renders as `-x` would (use [`ValueFormat::render_line`]).
     pub fn render(&self, raw: u64) -> String {
-        let bits = self.field.unwrap_or(BitRange { high: 63, low: 0 });
+        let bits = self.bits();
         let v = bits.extract(raw);
-        let width_bits = bits.width();
+        let n = bits.width() as usize;
+        let (fill, c) = (self.zero_pad, self.c_style);
         match self.radix {
             Radix::Hex | Radix::HexUpper => {
-                let digits = width_bits.div_ceil(4) as usize;
-                let mut s = if self.zero_pad {
-                    format!("{v:0digits$x}")
+                let w = if fill { n.div_ceil(4) } else { 1 };
+                let digits = if self.radix == Radix::Hex {
+                    format!("{v:0w$x}")
                 } else {
-                    format!("{v:x}")
+                    format!("{v:0w$X}")
                 };
-                if self.radix == Radix::HexUpper {
-                    s = s.to_ascii_uppercase();
-                }
-                if self.c_style {
-                    s.insert_str(0, "0x");
-                }
-                s
-            }
-            Radix::Unsigned => {
-                if self.zero_pad {
-                    let digits = decimal_digits(bits.mask() >> bits.low);
-                    format!("{v:0digits$}")
+                if c {
+                    format!("0x{digits}")
                 } else {
-                    v.to_string()
+                    digits
                 }
             }
+            Radix::Octal => {
+                let w = if fill { n.div_ceil(3) } else { 1 };
+                format!("{}{v:0w$o}", if c { "0" } else { "" })
+            }
+            Radix::Unsigned if c => format!("{v}U"),
+            Radix::Unsigned if fill => format!("{v:0w$}", w = DEC_DIGITS[n]),
+            Radix::Unsigned => v.to_string(),
             Radix::Signed => {
-                let signed = if width_bits < 64 && v >> (width_bits - 1) & 1 == 1 {
-                    (v | !((1u64 << width_bits) - 1)) as i64
+                let top = 1u64 << (n - 1);
+                // rdmsr: `data &= ~top; data = -data;` (bits below 64 keep this in range).
+                let s = if v & top != 0 {
+                    -((v & !top) as i64)
                 } else {
                     v as i64
                 };
-                signed.to_string()
+                if fill && !c {
+                    format!("{s:0w$}", w = DEC_DIGITS[n - 1] + 1)
+                } else {
+                    s.to_string()
+                }
             }
+            Radix::Raw if c => {
+                let bytes: Vec<String> = v
+                    .to_le_bytes()
+                    .iter()
+                    .map(|b| format!("0x{b:02x}"))
+                    .collect();
+                format!("{{{}}}", bytes.join(","))
+            }
+            Radix::Raw => format!("{v:x}"),
         }
     }
-}
 
-fn decimal_digits(max: u64) -> usize {
-    max.to_string().len()
+    /// The exact bytes `rdmsr` writes for this value: the text and a newline, or for `-r`
+    /// (without `-c`) the eight raw bytes.
+    pub fn render_line(&self, raw: u64) -> Vec<u8> {
+        if self.radix == Radix::Raw && !self.c_style {
+            return self.bits().extract(raw).to_le_bytes().to_vec();
+        }
+        let mut line = self.render(raw).into_bytes();
+        line.push(b'\n');
+        line
+    }
 }
 
 #[cfg(test)]
@@ -88,38 +130,47 @@ mod tests {
         }
     }
 
+    /// Each expectation is what Debian's rdmsr (msr-tools 1.3-5) printed for the same value
+    /// and flags on a fake /dev/cpu tree.
     #[test]
     fn matches_rdmsr_output() {
-        let v = 0x0000_00ab_cdef_0123u64;
-        assert_eq!(f(Radix::Hex, false, false, None).render(v), "abcdef0123");
+        use Radix::*;
+        let top = 0x8000_0000_0000_0123u64;
+        let cases: &[(ValueFormat, u64, &str)] = &[
+            (f(Hex, false, false, None), top, "8000000000000123"),
+            (f(Hex, true, false, None), 0xab, "00000000000000ab"),
+            (f(HexUpper, false, true, None), 0xab, "0xAB"),
+            (f(Signed, false, false, None), top, "-291"),
+            (f(Signed, true, false, None), top, "-0000000000000000291"),
+            (f(Signed, true, true, None), top, "-291"),
+            (
+                f(Signed, false, false, None),
+                u64::MAX,
+                "-9223372036854775807",
+            ),
+            (f(Signed, true, false, Some("7:0")), 0x88, "-008"),
+            (f(Signed, true, false, Some("0:0")), 5, "00"),
+            (f(Signed, false, false, Some("63:60")), top, "0"),
+            (f(Unsigned, false, true, None), top, "9223372036854776099U"),
+            (f(Unsigned, true, true, None), top, "9223372036854776099U"),
+            (f(Unsigned, true, false, None), top, "09223372036854776099"),
+            (f(Unsigned, true, false, Some("7:0")), 5, "005"),
+            (f(Octal, false, false, None), top, "1000000000000000000443"),
+            (f(Octal, true, true, None), top, "01000000000000000000443"),
+            (f(Hex, true, false, Some("3:0")), 0x3a, "a"),
+            (
+                f(Raw, false, true, None),
+                top,
+                "{0x23,0x01,0x00,0x00,0x00,0x00,0x00,0x80}",
+            ),
+        ];
+        for (fmt, v, want) in cases {
+            assert_eq!(fmt.render(*v), *want, "{fmt:?} of {v:#x}");
+        }
         assert_eq!(
-            f(Radix::HexUpper, false, false, None).render(v),
-            "ABCDEF0123"
+            f(Raw, true, false, None).render_line(top),
+            top.to_le_bytes().to_vec()
         );
-        assert_eq!(
-            f(Radix::Hex, true, false, None).render(v),
-            "000000abcdef0123"
-        );
-        assert_eq!(f(Radix::Hex, false, true, None).render(v), "0xabcdef0123");
-        assert_eq!(f(Radix::Unsigned, false, false, None).render(255), "255");
-        assert_eq!(
-            f(Radix::Unsigned, true, false, Some("7:0")).render(5),
-            "005"
-        );
-        assert_eq!(f(Radix::Signed, false, false, None).render(u64::MAX), "-1");
-        assert_eq!(
-            f(Radix::Signed, false, false, Some("7:0")).render(0xff),
-            "-1"
-        );
-        assert_eq!(
-            f(Radix::Signed, false, false, Some("7:0")).render(0x7f),
-            "127"
-        );
-        assert_eq!(f(Radix::Hex, true, false, Some("11:8")).render(0xabc), "a");
-        assert_eq!(
-            f(Radix::Hex, true, false, Some("15:8")).render(0x0abc),
-            "0a"
-        );
-        assert_eq!(f(Radix::Hex, false, false, Some("1")).render(0b10), "1");
+        assert_eq!(f(Hex, false, false, None).render_line(1), b"1\n".to_vec());
     }
 }

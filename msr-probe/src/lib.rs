@@ -9,6 +9,7 @@
 
 pub mod catalog;
 mod catalog_raw;
+pub mod cli;
 pub mod format;
 pub mod frame;
 pub mod index;

@@ -25,13 +25,15 @@ impl fmt::Display for Fault {
 }
 
 /// Why an MSR could not be read at all (as opposed to the CPU faulting on it).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Unavailable {
     /// The kernel has no msr driver: no `/dev/cpu/N/msr` nodes.
     NoDriver,
-    /// The CPU number does not exist or is offline.
+    /// The CPU number does not exist or is offline (its device refused the open: `ENXIO`).
     NoSuchCpu,
+    /// `/dev/cpu/N/msr` does not exist and sysfs knows no CPU N.
+    UnknownCpu,
     /// The CPU itself does not support MSRs (the driver returned EIO on open).
     CpuLacksMsr,
     /// The caller may not open the device (it needs CAP_SYS_RAWIO, usually root).
@@ -47,6 +49,7 @@ impl fmt::Display for Unavailable {
                 "no msr driver: /dev/cpu/N/msr is missing (run `modprobe msr`, or build the kernel with CONFIG_X86_MSR)",
             ),
             Self::NoSuchCpu => f.write_str("no such CPU (or it is offline)"),
+            Self::UnknownCpu => f.write_str("no such CPU: /dev/cpu/N/msr does not exist"),
             Self::CpuLacksMsr => f.write_str("the CPU does not support MSRs"),
             Self::PermissionDenied => f.write_str(
                 "permission denied: reading MSRs needs CAP_SYS_RAWIO (run as root)",
@@ -129,7 +132,7 @@ pub fn classify_open_error(err: &io::Error, cpu_exists: bool) -> Unavailable {
             if cpu_exists {
                 Unavailable::NoDriver
             } else {
-                Unavailable::NoSuchCpu
+                Unavailable::UnknownCpu
             }
         }
         Some(ENXIO) | Some(ENODEV) => Unavailable::NoSuchCpu,
@@ -197,6 +200,21 @@ impl DevMsr {
             return sys.exists();
         }
         self.dev_root.join(cpu.to_string()).exists()
+    }
+
+    /// The CPUs that have a directory under the device root, ascending: what `rdmsr -a`
+    /// reads (it scans `/dev/cpu` for names starting with a digit). None at all, or no
+    /// device root, is the missing driver.
+    pub fn device_cpus(&self) -> Result<Vec<u32>, Unavailable> {
+        let rd = std::fs::read_dir(&self.dev_root).map_err(|e| classify_open_error(&e, true))?;
+        let mut cpus: Vec<u32> = rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        cpus.sort_unstable();
+        if cpus.is_empty() {
+            return Err(Unavailable::NoDriver);
+        }
+        Ok(cpus)
     }
 
     /// Opens `cpu`'s device, or says why not.
@@ -332,13 +350,15 @@ pub(crate) mod tests {
         let (dir, r) = fake_tree(&[0], &[]);
         assert_eq!(
             r.read(5, MsrIndex::new(0x10)),
-            Reading::Unavailable(Unavailable::NoSuchCpu)
+            Reading::Unavailable(Unavailable::UnknownCpu)
         );
+        assert_eq!(r.device_cpus(), Ok(vec![0]));
         std::fs::remove_dir_all(dir.path().join("dev")).unwrap();
         assert_eq!(
             r.read(0, MsrIndex::new(0x10)),
             Reading::Unavailable(Unavailable::NoDriver)
         );
+        assert_eq!(r.device_cpus(), Err(Unavailable::NoDriver));
         let msg = Unavailable::NoDriver.to_string();
         assert!(msg.contains("modprobe msr") && msg.contains("CONFIG_X86_MSR"));
     }
@@ -358,7 +378,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             classify_open_error(&e(ENOENT), false),
-            Unavailable::NoSuchCpu
+            Unavailable::UnknownCpu
         );
         assert!(matches!(
             classify_open_error(&e(nix::libc::EBUSY), true),
