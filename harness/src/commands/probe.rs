@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::backend::Backend;
 use crate::compare::{against_host, against_model, Verdict};
-use crate::features::model::build_model;
+use crate::features::model::Oracle;
 use crate::features::FeatureSpec;
 use crate::guests::bare::run::{run_bare_on, BareOutcome, BareRequest};
 use crate::guests::bare::{MsrOp, OpResult};
@@ -192,10 +192,7 @@ pub fn probe_bare_on(
             timed: req.timed,
         },
     )?;
-    let mut oracle = match (req.feature, &outcome.model_inputs) {
-        (Some(f), Some(inputs)) => build_model(f, inputs).ok(),
-        _ => None,
-    };
+    let mut oracle = outcome.oracle.as_ref().map(Oracle::fresh);
     let mut readings = Vec::new();
     for cpu in 0..usize::from(req.vcpus) {
         for (i, op) in ops.iter().enumerate() {

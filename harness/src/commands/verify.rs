@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use crate::backend::Backend;
 use crate::commands::probe::judge;
-use crate::features::model::build_model;
-use crate::features::model::{simulate_ppin_init, ModelInputs};
+use crate::features::model::{simulate_ppin_init, ModelInputs, Oracle};
 use crate::features::{FeatureSpec, ModelKind};
 use crate::guests::linux::{run_linux, LinuxOutcome, LinuxRequest};
 use crate::host::HostSources;
@@ -142,14 +141,12 @@ pub fn judge_guest(
     feature: Option<&FeatureSpec>,
     backend: Backend,
     inputs: Option<&ModelInputs>,
+    oracle: Option<&Oracle>,
     host: &HostSources,
     catalog: &Catalog,
 ) -> (Vec<Row>, Vec<KernelPpin>) {
     // The oracle: the model as the VMM set it up, then as the guest kernel's ppin_init() left it.
-    let mut oracle = match (feature, inputs) {
-        (Some(f), Some(inputs)) => build_model(f, inputs).ok(),
-        _ => None,
-    };
+    let mut oracle = oracle.map(Oracle::fresh);
     let mut expected_kernel_ppin = None;
     if let (Some(f), Some(m)) = (feature, oracle.as_mut()) {
         if f.model == ModelKind::Ppin && backend != Backend::None {
@@ -246,6 +243,7 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         req.feature,
         req.backend,
         outcome.model_inputs.as_ref(),
+        outcome.oracle.as_ref(),
         req.host,
         catalog,
     );

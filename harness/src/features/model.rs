@@ -269,6 +269,33 @@ pub fn build_shared(
     Ok(Arc::new(Mutex::new(build_model(spec, inputs)?)))
 }
 
+/// A run's feature model in its starting state, built once (by the VMM, when it sets the VM
+/// up): the `user` backend serves a copy, and every oracle that judges the run is a copy.
+pub struct Oracle(Box<dyn MsrModel>);
+
+impl Oracle {
+    /// Builds the model for `spec` in the state `inputs` establish.
+    pub fn build(spec: &FeatureSpec, inputs: &ModelInputs) -> Result<Self, InitialRefused> {
+        build_model(spec, inputs).map(Self)
+    }
+
+    /// A fresh copy in the starting state.
+    pub fn fresh(&self) -> Box<dyn MsrModel> {
+        self.0.boxed_clone()
+    }
+
+    /// A fresh copy for the vCPUs to share.
+    pub fn shared(&self) -> SharedModel {
+        Arc::new(Mutex::new(self.fresh()))
+    }
+}
+
+impl std::fmt::Debug for Oracle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Oracle")
+    }
+}
+
 /// What the guest kernel's `ppin_init()` (arch/x86/kernel/cpu/common.c) does on a CPU whose
 /// CPUID announces `pair`: read PPIN_CTL; give up if it faults or is locked and disabled;
 /// set Enable if clear and re-read; if enabled, read PPIN. Returns the PPIN the kernel then

@@ -98,6 +98,8 @@ pub struct LinuxOutcome {
     pub flooded: bool,
     /// The oracle's starting state.
     pub model_inputs: Option<crate::features::model::ModelInputs>,
+    /// The feature model in the starting state (copies judge the run).
+    pub oracle: Option<crate::features::model::Oracle>,
     /// VM creation to the end.
     pub elapsed: Duration,
 }
@@ -479,6 +481,7 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
         console_bytes: c.total(),
         flooded: c.flooded(),
         model_inputs: ctx.inputs,
+        oracle: ctx.oracle,
         elapsed: start.elapsed(),
     })
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::backend::wiring::model_inputs;
 use crate::commands::verify::{judge_guest, probe_words, validate};
+use crate::features::model::Oracle;
 use crate::features::FeatureSpec;
 use crate::guests::linux::BASE_CMDLINE;
 use crate::host::HostSources;
@@ -225,11 +226,14 @@ pub fn judge_qemu_run(
         &[],
     )
     .map_err(|e| e.to_string())?;
+    // QEMU's run had no kvmcap VMM: the one model of this run is built here.
+    let oracle = Oracle::build(spec, &inputs).ok();
     let (readings, kernel_ppin) = judge_guest(
         &guest,
         Some(spec),
         job.backend,
         Some(&inputs),
+        oracle.as_ref(),
         host,
         catalog,
     );

@@ -8,7 +8,7 @@ use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, Vc
 use crate::backend::wiring::{cap_requests, cpuid_bits, model_inputs};
 use crate::backend::Backend;
 use crate::features::model::{
-    build_shared, model_for_vcpu, with_model, InitialRefused, ModelInputs, SharedModel,
+    model_for_vcpu, with_model, InitialRefused, ModelInputs, Oracle, SharedModel,
 };
 use crate::features::{Announce, FeatureSpec, Scope};
 use crate::host::HostSources;
@@ -107,6 +107,8 @@ pub struct VmContext {
     pub scope: Scope,
     /// The model inputs in force (the oracle's starting state).
     pub inputs: Option<ModelInputs>,
+    /// The feature model in the starting state (built once; copies judge the run).
+    pub oracle: Option<Oracle>,
     /// Host-initiated writes KVM receives (`KVM_SET_MSRS` on every vCPU, in order): all of
     /// the initial state for `kernel` and `none`, what the model does not serve for `user`.
     pub kvm_values: Vec<(MsrIndex, u64)>,
@@ -200,9 +202,20 @@ pub fn prepare_on(open: OpenVm, run: FeatureRun<'_>) -> Result<Prepared, VmmErro
     let mut kvm_values: Vec<(MsrIndex, u64)> = inputs
         .as_ref()
         .map_or_else(|| run.initial.to_vec(), |i| i.writes.clone());
-    let model: Option<SharedModel> = match (run.backend, run.feature, &inputs) {
-        (Backend::User, Some(f), Some(inp)) => {
-            let m = build_shared(f, inp)?;
+    // The model, built once: the user backend serves a copy, the oracles judge with copies.
+    // A starting state the model refuses is the user backend's error (KVM's refusal is the
+    // others', at KVM_SET_MSRS); for them the run then has no oracle.
+    let oracle = match (run.feature, &inputs) {
+        (Some(f), Some(inp)) => match Oracle::build(f, inp) {
+            Ok(o) => Some(o),
+            Err(e) if run.backend == Backend::User => return Err(e.into()),
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    let model: Option<SharedModel> = match (run.backend, run.feature, &oracle) {
+        (Backend::User, Some(f), Some(o)) => {
+            let m = o.shared();
             kvm_values.retain(|(i, _)| !with_model(&m, |m| m.handles(*i)));
             let bitmap = [0u8; 1];
             let msrs = f.msrs();
@@ -243,6 +256,7 @@ pub fn prepare_on(open: OpenVm, run: FeatureRun<'_>) -> Result<Prepared, VmmErro
             model,
             scope: run.feature.map_or(Scope::Vcpu, |f| f.scope),
             inputs,
+            oracle,
             kvm_values,
             on,
             off,

@@ -254,7 +254,10 @@ fn run_case(
         .rev()
         .find(|(i, _)| f.pairs.iter().any(|p| p.value == *i))
         .map(|(_, v)| *v);
-    let base = build_model(f, &inputs).ok();
+    let base = match &outcome.oracle {
+        Some(o) => Some(o.fresh()),
+        None => build_model(f, &inputs).ok(),
+    };
     let mut models: Vec<_> = (0..vcpus)
         .map(|_| base.as_ref().map(|m| m.boxed_clone()))
         .collect();

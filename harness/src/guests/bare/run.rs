@@ -10,7 +10,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::{MsrOp, OpResult, ResultsError, DONE_PORT, FAULT_PORT, PASS_PORT, WAIT_PORT};
 use crate::backend::Backend;
-use crate::features::model::ModelInputs;
+use crate::features::model::{ModelInputs, Oracle};
 use crate::features::{Announce, FeatureSpec};
 use crate::guests::bare;
 use crate::host::HostSources;
@@ -74,6 +74,8 @@ pub struct BareOutcome {
     pub stray_io: Vec<String>,
     /// The model inputs in force (for the oracle).
     pub model_inputs: Option<ModelInputs>,
+    /// The feature model in the starting state (copies judge the run).
+    pub oracle: Option<Oracle>,
     /// VM creation to last vCPU end.
     pub elapsed: Duration,
 }
@@ -402,6 +404,7 @@ pub fn run_bare_on(open: OpenVm, req: &BareRequest<'_>) -> Result<BareOutcome, V
         tsc_khz,
         stray_io,
         model_inputs: ctx.inputs,
+        oracle: ctx.oracle,
         elapsed: start.elapsed(),
     })
 }
