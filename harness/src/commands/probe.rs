@@ -56,7 +56,7 @@ pub fn guest_reading(outcome: &BareOutcome, cpu: usize, i: usize, op: &MsrOp) ->
 }
 
 fn end_word(e: Option<&VcpuEnd>) -> String {
-    e.map_or("no end".into(), |e| format!("{e:?}"))
+    e.map_or("no end".into(), |e| e.to_string())
 }
 
 /// The fingerprint of a run on this host.

@@ -72,7 +72,7 @@ fn no_report(o: &LinuxOutcome, reason: String) -> VerifyError {
         ends: o
             .ends
             .iter()
-            .map(|e| format!("{e:?}"))
+            .map(|e| e.to_string())
             .collect::<Vec<_>>()
             .join(", "),
         tail: o.console_tail.clone(),

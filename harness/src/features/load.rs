@@ -371,7 +371,7 @@ impl FeatureSpec {
         let mut pairs = Vec::new();
         for sp in &raw.pair {
             let (p, span) = (sp.get_ref(), sp.span());
-            let what = format!("pair {:?}", p.vendor);
+            let what = format!("pair {}", p.vendor);
             if p.cpuid.bit > 31 {
                 return Err(site.at(
                     span,

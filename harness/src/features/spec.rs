@@ -55,7 +55,9 @@ pub enum FeatureError {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// the guest's CPUID announces none of the feature's pairs
-    #[error("feature {feature} has no MSR pair for a {vendor:?} guest: choose one with --pair intel|amd")]
+    #[error(
+        "feature {feature} has no MSR pair for an {vendor} guest: choose one with --pair intel|amd"
+    )]
     NoPair {
         /// The feature.
         feature: String,

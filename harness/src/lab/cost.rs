@@ -40,7 +40,7 @@ pub(super) fn cost(
     let vendor = vendor_named(&Fingerprint::of_running_system().cpu_vendor);
     let msr = cost_msr(spec, vendor).ok_or_else(|| {
         format!(
-            "feature {} has no MSR for a {vendor:?} CPU to time",
+            "feature {} has no MSR for a {vendor} CPU to time",
             spec.name
         )
     })?;

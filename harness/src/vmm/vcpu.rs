@@ -68,6 +68,29 @@ pub enum VcpuEnd {
     },
 }
 
+impl std::fmt::Display for VcpuEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Done { ops } => write!(f, "done after {ops} operation(s)"),
+            Self::UnexpectedException { vector } => {
+                write!(f, "unexpected exception, vector {vector}")
+            }
+            Self::Hlt => f.write_str("hlt"),
+            Self::Shutdown => f.write_str("shutdown (triple fault)"),
+            Self::FailEntry { reason } => write!(f, "entry failed, hardware reason {reason:#x}"),
+            Self::InternalError => f.write_str("KVM internal error"),
+            Self::SystemEvent { kind } => write!(f, "system event {kind}"),
+            Self::Reset => f.write_str("reset"),
+            Self::Reported => f.write_str("reported"),
+            Self::ConsoleFlood { bytes } => write!(f, "console flood ({bytes} bytes)"),
+            Self::Timeout => f.write_str("timeout (kicked at the deadline)"),
+            Self::Stopped => f.write_str("stopped (another vCPU ended the VM)"),
+            Self::RunError { error } => write!(f, "KVM_RUN failed: {error}"),
+            Self::Unhandled { exit } => write!(f, "unhandled exit {exit}"),
+        }
+    }
+}
+
 /// What the run loop does after an exit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Flow {

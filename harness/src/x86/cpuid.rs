@@ -43,6 +43,16 @@ pub enum CpuVendor {
     Other,
 }
 
+impl std::fmt::Display for CpuVendor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Intel => "Intel",
+            Self::Amd => "AMD",
+            Self::Other => "other",
+        })
+    }
+}
+
 /// The vendor of a CPUID table.
 pub fn vendor(cpuid: &CpuId) -> CpuVendor {
     let Some(e) = cpuid.as_slice().iter().find(|e| e.function == 0) else {

@@ -171,7 +171,7 @@ fn run_case(
             (Target::Ctl, Some(p)) => Ok(p.ctl),
             (Target::Value, Some(p)) => Ok(p.value),
             (_, None) => Err(VmmError::Request(format!(
-                "feature {} has no MSR pair for a {vendor:?} guest: choose one with --pair intel|amd",
+                "feature {} has no MSR pair for an {vendor} guest: choose one with --pair intel|amd",
                 f.name
             ))
             .into()),
