@@ -501,6 +501,13 @@ pub fn run(cli: Cli) -> Result<bool, Failure> {
         Command::Verify(o) => cmd_verify(kvm, o),
         Command::List(o) => cmd_list(o),
         Command::LabInit => cmd_lab_init(),
+        Command::LabCheck { jobs } => {
+            let catalog = catalog()?;
+            let jobs = crate::lab::parse_jobs(jobs).map_err(|e| fail(exit::USAGE, e))?;
+            crate::lab::check_jobs(&jobs, &catalog).map_err(|e| fail(exit::USAGE, e))?;
+            println!("{} lab job(s) check out", jobs.len());
+            Ok(true)
+        }
         Command::Completions { shell } => {
             let mut cmd = super::command();
             clap_complete::generate(*shell, &mut cmd, "kvmcap", &mut std::io::stdout());

@@ -98,6 +98,13 @@ pub enum Command {
     /// The lab host's /init (also chosen when kvmcap runs as PID 1): runs KVMCAP_LAB_JOBS.
     #[command(hide = true)]
     LabInit,
+    /// Check lab jobs (KIND:SUBJECT:BACKEND:VCPUS[:PAIR], comma-separated) on this host:
+    /// `cargo xtask lab` runs it before building or booting anything.
+    #[command(hide = true)]
+    LabCheck {
+        /// The jobs.
+        jobs: String,
+    },
     /// Print a shell completion script.
     #[command(hide = true)]
     Completions {

@@ -123,6 +123,42 @@ pub fn parse_jobs(text: &str) -> Result<Vec<Job>, String> {
         .collect()
 }
 
+/// Checks `jobs` on the host before any kernel is built or booted: each job's feature or
+/// scenario resolves (built in, `--fixtures DIR`, or a path) and loads, a scenario supports the
+/// job's backend, and the vCPU count fits the job's guest. The first bad job, in one line.
+pub fn check_jobs(jobs: &[Job], catalog: &Catalog) -> Result<(), String> {
+    for job in jobs {
+        let bad = |why: String| format!("lab job `{}`: {why}", job.name());
+        match job.kind.as_str() {
+            "selftest" if job.subject.is_empty() || job.subject.contains('/') => {
+                return Err(bad("a selftest is named by its binary".into()))
+            }
+            "selftest" => {}
+            "run" => {
+                let s = Scenario::find(&job.subject, catalog).map_err(|e| bad(e.to_string()))?;
+                if !s.backends.contains(&job.backend) {
+                    return Err(bad(format!(
+                        "scenario {} does not list backend {}",
+                        s.name, job.backend
+                    )));
+                }
+            }
+            kind => {
+                FeatureSpec::find(&job.subject, catalog).map_err(|e| bad(e.to_string()))?;
+                let max = match kind {
+                    "explore" => 2,
+                    "verify" | "catalog" | "qemu" => crate::guests::linux::MAX_VCPUS,
+                    _ => crate::vmm::error::DEFAULT_MAX_VCPUS,
+                };
+                if job.vcpus > max {
+                    return Err(bad(format!("{kind} runs on at most {max} vCPUs")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Where the lab's files live inside its initramfs.
 #[derive(Clone, Debug)]
 pub struct LabPaths {
@@ -354,6 +390,23 @@ mod tests {
     use super::*;
     use msr_probe::frame::Decoder;
     use msr_probe::MsrIndex;
+
+    #[test]
+    fn jobs_are_checked_before_any_boot() {
+        let c = Catalog::builtin().unwrap();
+        let ok = parse_jobs("selftest:ppin_test:kernel:1,run:ppin-ctl-states:kernel:2:intel,run:ppin-absent:none:2,explore:ppin:user:2:amd,probe:ppin:kernel:2,verify:ppin:user:2,qemu:ppin:none:2,cost:platform-info:none:1").unwrap();
+        check_jobs(&ok, &c).unwrap();
+        for (bad, why) in [
+            ("run:no-such:user:1", "unknown scenario"),
+            ("run:ppin-absent:kernel:2", "does not list backend kernel"),
+            ("explore:ppin:user:3", "at most 2 vCPUs"),
+            ("verify:nope:user:1", "unknown feature"),
+            ("verify:ppin:user:33", "at most 32 vCPUs"),
+        ] {
+            let e = check_jobs(&parse_jobs(bad).unwrap(), &c).unwrap_err();
+            assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn new_job_kinds_parse() {
