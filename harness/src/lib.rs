@@ -1,6 +1,7 @@
 //! kvmcap: negotiate KVM capabilities from data, boot a guest, and show exactly what it sees.
 //!
 //! The modules are layered; each imports only from those listed before it:
+//! - [`json`], the JSON conventions every report shares (64-bit values as hex strings);
 //! - [`x86`], architectural facts (CPUID, long mode, the MP table, guest-physical layout);
 //! - [`kvm`], the KVM layer, the only place with `unsafe`;
 //! - [`host`], where host MSR values come from;
@@ -26,6 +27,7 @@ pub mod compare;
 pub mod features;
 pub mod guests;
 pub mod host;
+pub mod json;
 pub mod kvm;
 pub mod lab;
 pub mod negotiate;

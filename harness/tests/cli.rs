@@ -145,7 +145,7 @@ fn probe_json_shows_the_value_on_both_vcpus_and_none_shows_gp() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["guest"]["value"] == 0x1122334455667788u64)
+        .filter(|r| r["guest"]["value"] == "0x1122334455667788")
         .map(|r| (r["cpu"].as_u64().unwrap(), r["verdict"] == "match"))
         .collect();
     assert_eq!(seen, vec![(0, true), (1, true)]);

@@ -220,6 +220,7 @@ pub fn probe_bare_on(
         fingerprint: fingerprint(&outcome, req.feature, req.backend, "bare", req.host),
         negotiation: outcome.negotiation.clone(),
         vcpus: outcome.ends.clone(),
+        stats: outcome.stats.clone(),
         readings,
         kernel_ppin: Vec::new(),
         tsc_khz: outcome.tsc_khz,

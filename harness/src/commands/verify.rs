@@ -286,6 +286,7 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
                 other => other.clone(),
             })
             .collect(),
+        stats: outcome.stats.clone(),
         readings,
         kernel_ppin,
         notes,

@@ -249,6 +249,7 @@ pub fn judge_qemu_run(
         },
         negotiation: Vec::new(),
         vcpus: Vec::new(),
+        stats: Vec::new(),
         readings,
         kernel_ppin,
         notes: vec![format!(

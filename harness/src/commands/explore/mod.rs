@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::vmm::stats::{accumulate, ExitStats};
+
 use crate::backend::wiring::model_inputs;
 use crate::backend::Backend;
 use crate::commands::probe::guest_reading;
@@ -38,8 +40,10 @@ pub struct Access {
     /// The vCPU.
     pub cpu: u8,
     /// The MSR.
+    #[serde(serialize_with = "crate::json::msr_index")]
     pub msr: MsrIndex,
     /// The value written, or `None` for a read.
+    #[serde(serialize_with = "crate::json::opt_u64_hex")]
     pub write: Option<u64>,
 }
 
@@ -67,10 +71,12 @@ pub struct Difference {
     /// The step that differs (index in `accesses`).
     pub at: usize,
     /// What the rules say.
+    #[serde(serialize_with = "crate::json::reading")]
     pub rules: Reading,
     /// The rule that decides it (`None`: the access completes by the rules).
     pub rule: Option<String>,
     /// What the guest saw.
+    #[serde(serialize_with = "crate::json::reading")]
     pub seen: Reading,
     /// The case as a scenario file that expects what the rules say.
     pub scenario: String,
@@ -88,6 +94,7 @@ pub struct Exploration {
     /// vCPUs.
     pub vcpus: u8,
     /// States reached by guest writes (register values, in file order).
+    #[serde(serialize_with = "crate::json::rows_u64_hex")]
     pub states: Vec<Vec<u64>>,
     /// Whether the walk stopped at [`MAX_STATES`].
     pub truncated: bool,
@@ -97,6 +104,8 @@ pub struct Exploration {
     pub checked: usize,
     /// Every step that differs, shortest case first, one per (probe, state).
     pub differences: Vec<Difference>,
+    /// Per vCPU, over every case's VM: exits by reason, time in `KVM_RUN` and in the VMM.
+    pub stats: Vec<ExitStats>,
     /// Whether every difference is explained (and something was checked).
     pub pass: bool,
 }
@@ -282,6 +291,7 @@ pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploratio
     let probe_cpus: Vec<u8> = if req.vcpus >= 2 { vec![0, 1] } else { vec![0] };
     let mut cases = 0;
     let mut checked = 0;
+    let mut stats = Vec::new();
     let mut differences = Vec::new();
     for state in &order {
         let path = &paths[state];
@@ -303,7 +313,7 @@ pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploratio
                         });
                     }
                 }
-                let seen = run_case(req, &accesses)?;
+                let seen = run_case(req, &accesses, &mut stats)?;
                 cases += 1;
                 let mut oracle = Oracle::new(&fresh()?, spec.scope);
                 for (i, a) in accesses.iter().enumerate() {
@@ -355,12 +365,18 @@ pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploratio
         cases,
         checked,
         differences,
+        stats,
         pass,
     })
 }
 
 /// Runs one case in its own VM and returns what the guest saw for each access, in order.
-fn run_case(req: &ExploreRequest<'_>, accesses: &[Access]) -> Result<Vec<Reading>, VmmError> {
+/// Adds the VM's exit accounting to `stats`, vCPU by vCPU.
+fn run_case(
+    req: &ExploreRequest<'_>,
+    accesses: &[Access],
+    stats: &mut Vec<ExitStats>,
+) -> Result<Vec<Reading>, VmmError> {
     let vcpus = accesses.iter().map(|a| a.cpu).max().unwrap_or(0) + 1;
     let mut per_cpu: Vec<Vec<MsrOp>> = vec![Vec::new(); usize::from(vcpus)];
     let mut at = Vec::with_capacity(accesses.len());
@@ -392,6 +408,7 @@ fn run_case(req: &ExploreRequest<'_>, accesses: &[Access]) -> Result<Vec<Reading
         irqchip: false,
         timed: false,
     })?;
+    accumulate(stats, &outcome.stats);
     Ok(accesses
         .iter()
         .zip(at)

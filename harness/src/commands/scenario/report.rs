@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::features::Announce;
+use crate::vmm::stats::ExitStats;
 use crate::vmm::vcpu::VcpuEnd;
 use crate::x86::cpuid::CpuVendor;
 use msr_probe::Reading;
@@ -18,10 +19,13 @@ pub struct StepResult {
     /// The step with the concrete MSR.
     pub step: String,
     /// What the scenario expects.
+    #[serde(serialize_with = "crate::json::reading")]
     pub expected: Reading,
     /// What the feature model predicts.
+    #[serde(serialize_with = "crate::json::reading")]
     pub model: Reading,
     /// What the guest saw.
+    #[serde(serialize_with = "crate::json::reading")]
     pub seen: Reading,
     /// Whether seen == expected == model.
     pub pass: bool,
@@ -43,6 +47,8 @@ pub struct CaseResult {
     pub negotiation: Vec<String>,
     /// How each vCPU ended.
     pub ends: Vec<VcpuEnd>,
+    /// Per vCPU: exits by reason, time in `KVM_RUN` and in the VMM (empty when no VM ran).
+    pub stats: Vec<ExitStats>,
     /// The expected end.
     pub expect_end: String,
     /// Per step and vCPU.

@@ -75,7 +75,8 @@ pub fn run_scenario(
             limits,
         )?);
     }
-    let pass = cases.iter().all(|c| c.pass);
+    // A run whose every case was skipped checked nothing: not a pass.
+    let pass = cases.iter().all(|c| c.pass) && cases.iter().any(|c| c.skipped.is_none());
     Ok(ScenarioReport {
         scenario: scenario.name.clone(),
         backend,
@@ -155,6 +156,7 @@ fn run_case(
             skipped: Some(format!("needs {} vCPUs", case.vcpus_needed())),
             negotiation: Vec::new(),
             ends: Vec::new(),
+            stats: Vec::new(),
             expect_end: case.expect_end.clone(),
             steps: Vec::new(),
             pass: true,
@@ -235,6 +237,7 @@ fn run_case(
                 |m| format!("refused: {m}"),
             )],
             ends: Vec::new(),
+            stats: Vec::new(),
             expect_end: case.expect_end.clone(),
             steps: Vec::new(),
             pass,
@@ -360,6 +363,7 @@ fn run_case(
             .map(|s| format!("{}: {}", s.cap, s.enabled.as_deref().unwrap_or("checked")))
             .collect(),
         ends: outcome.ends,
+        stats: outcome.stats,
         expect_end: case.expect_end.clone(),
         steps,
         pass,

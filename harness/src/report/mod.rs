@@ -1,16 +1,19 @@
 //! Reports: every verdict plus a fingerprint of the run, as a table for people, JSON for
 //! machines, and a machine-independent view for snapshots. Files are written atomically.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
+
+pub mod write;
+pub use write::{write_report, WriteError, WriteMode};
 
 use crate::backend::Backend;
 use crate::compare::Verdict;
 use crate::features::FeatureSpec;
 use crate::host::HostValue;
 use crate::negotiate::NegotiationStep;
+use crate::vmm::stats::ExitStats;
 use crate::vmm::vcpu::VcpuEnd;
 use crate::x86::cpuid::CpuVendor;
 use msr_probe::{MsrIndex, Reading};
@@ -46,15 +49,20 @@ pub struct Row {
     /// The vCPU.
     pub cpu: u32,
     /// The MSR.
+    #[serde(serialize_with = "crate::json::msr_index")]
     pub index: MsrIndex,
     /// Its catalog name.
     pub name: String,
     /// What the guest saw.
+    #[serde(serialize_with = "crate::json::reading")]
     pub guest: Reading,
     /// The host's value and its source.
     pub host: Option<HostValue>,
     /// The feature model's prediction, for the feature's own MSRs.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::json::opt_reading"
+    )]
     pub expected: Option<Reading>,
     /// TSC ticks the guest's access took (bare guest; guest-measured, for benchmarks).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,8 +79,10 @@ pub struct KernelPpin {
     /// The CPU.
     pub cpu: u32,
     /// `cpuN/topology/ppin` (absent when the kernel found no PPIN).
+    #[serde(serialize_with = "crate::json::opt_u64_hex")]
     pub seen: Option<u64>,
     /// What `ppin_init()` must have found.
+    #[serde(serialize_with = "crate::json::opt_u64_hex")]
     pub expected: Option<u64>,
     /// Whether they agree.
     pub ok: bool,
@@ -87,6 +97,9 @@ pub struct Report {
     pub negotiation: Vec<NegotiationStep>,
     /// How each vCPU ended.
     pub vcpus: Vec<VcpuEnd>,
+    /// Per vCPU: exits by reason, time in `KVM_RUN` and in the VMM (empty when another VMM
+    /// ran the guest: the lab's `qemu` jobs).
+    pub stats: Vec<ExitStats>,
     /// Every reading with its verdict.
     pub readings: Vec<Row>,
     /// The guest kernel's own PPIN (`cpuN/topology/ppin`) per CPU, Linux guests only.
@@ -329,45 +342,10 @@ pub struct SnapshotRow {
     pub verdict: String,
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then rename.
+/// Writes a report: the old name of [`write_report`], kept until `main.rs` calls that (same
+/// rules: `-` is stdout, regular files atomically, pipes and devices written through).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn atomic_write_replaces_whole_file_and_leaves_no_temp() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("r.json");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-        assert!(write_atomic(&d.path().join("missing/dir/r.json"), b"x").is_err());
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-    }
+    write_report(path, bytes)
+        .map(|_| ())
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
