@@ -42,7 +42,10 @@ pub fn opt_args_hex<S: Serializer>(v: &Option<[u64; 4]>, s: S) -> Result<S::Ok, 
 
 /// Rows of `u64` (register states) as rows of hex strings.
 pub fn rows_u64_hex<S: Serializer>(v: &[Vec<u64>], s: S) -> Result<S::Ok, S::Error> {
-    let rows: Vec<Vec<String>> = v.iter().map(|r| r.iter().map(|x| hex(*x)).collect()).collect();
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|r| r.iter().map(|x| hex(*x)).collect())
+        .collect();
     rows.serialize(s)
 }
 

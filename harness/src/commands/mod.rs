@@ -1,5 +1,6 @@
-//! What `kvmcap` does on request: probe, verify, scenarios and explore.
+//! What `kvmcap` does on request: caps, probe, verify, scenarios and explore.
 
+pub mod caps;
 pub mod explore;
 pub mod probe;
 pub mod scenario;

@@ -259,6 +259,8 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         )]
     };
     Ok(Report {
+        schema: crate::report::document::ReportV1,
+        pass: false,
         fingerprint: RunFingerprint {
             kernel: me.kernel,
             cpu_vendor: me.cpu_vendor,
@@ -292,7 +294,8 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         notes,
         elapsed_ms: outcome.elapsed.as_secs_f64() * 1000.0,
         tsc_khz: None,
-    })
+    }
+    .sealed())
 }
 
 #[cfg(test)]

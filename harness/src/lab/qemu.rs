@@ -235,6 +235,8 @@ pub fn judge_qemu_run(
     );
     let me = Fingerprint::of_running_system();
     Ok(Report {
+        schema: crate::report::document::ReportV1,
+        pass: false,
         fingerprint: RunFingerprint {
             kernel: me.kernel,
             cpu_vendor: me.cpu_vendor,
@@ -258,5 +260,6 @@ pub fn judge_qemu_run(
         )],
         elapsed_ms: run.elapsed.as_secs_f64() * 1000.0,
         tsc_khz: None,
-    })
+    }
+    .sealed())
 }

@@ -5,8 +5,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
+pub mod document;
+pub mod results;
 pub mod write;
+pub use document::{json, junit_of, render, Document, Format};
 pub use write::{write_report, WriteError, WriteMode};
+
+use results::{Case, Status, Suite};
 
 use crate::backend::Backend;
 use crate::compare::Verdict;
@@ -88,9 +93,13 @@ pub struct KernelPpin {
     pub ok: bool,
 }
 
-/// A whole report.
+/// A whole report (`kvmcap.report/1`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The schema name.
+    pub schema: document::ReportV1,
+    /// Whether every verdict is as expected and something was checked ([`Report::sealed`]).
+    pub pass: bool,
     /// The run.
     pub fingerprint: RunFingerprint,
     /// Capability negotiation, step by step.
@@ -116,9 +125,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether every verdict is as expected.
+    /// Whether every verdict is as expected and at least one reading was checked.
     pub fn ok(&self) -> bool {
-        self.failures() == 0
+        self.failures() == 0 && !(self.readings.is_empty() && self.kernel_ppin.is_empty())
+    }
+
+    /// The report with `pass` set from its verdicts (call once it is complete).
+    pub fn sealed(mut self) -> Self {
+        self.pass = self.ok();
+        self
     }
 
     /// The number of failed verdicts.
@@ -296,6 +311,69 @@ impl Report {
                 .collect(),
             pass: self.ok(),
         }
+    }
+}
+
+impl Document for Report {
+    fn pass(&self) -> bool {
+        self.ok()
+    }
+
+    fn suites(&self) -> Vec<Suite> {
+        let f = &self.fingerprint;
+        let mut names = std::collections::HashMap::new();
+        let mut cases = Vec::new();
+        for r in &self.readings {
+            let base = format!("cpu{} {} ({})", r.cpu, r.name, r.index);
+            let n = names.entry(base.clone()).or_insert(0usize);
+            *n += 1;
+            let name = if *n == 1 {
+                base
+            } else {
+                format!("{base} read {n}")
+            };
+            let status = match &r.verdict {
+                Verdict::Unchecked { reason } => Status::Skip(reason.clone()),
+                v if v.ok() => Status::Pass,
+                v => Status::Fail(format!(
+                    "{}: guest {}{}",
+                    v.word(),
+                    short(&r.guest),
+                    r.expected
+                        .as_ref()
+                        .map(|e| format!(", model {}", short(e)))
+                        .unwrap_or_default()
+                )),
+            };
+            cases.push(Case::new(name, status));
+        }
+        let hex = |v: Option<u64>| v.map_or("none".to_owned(), |v| format!("{v:#x}"));
+        for k in &self.kernel_ppin {
+            cases.push(Case::new(
+                format!("cpu{} kernel topology/ppin", k.cpu),
+                if k.ok {
+                    Status::Pass
+                } else {
+                    Status::Fail(format!(
+                        "seen {}, expected {}",
+                        hex(k.seen),
+                        hex(k.expected)
+                    ))
+                },
+            ));
+        }
+        vec![Suite {
+            name: format!(
+                "{} {} {} {}vcpu",
+                if f.guest == "bare" { "probe" } else { "verify" },
+                f.feature.as_deref().unwrap_or("none"),
+                f.backend,
+                f.vcpus
+            ),
+            time_ms: self.elapsed_ms,
+            cases,
+            error: None,
+        }]
     }
 }
 

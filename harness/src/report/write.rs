@@ -244,15 +244,9 @@ mod tests {
             let p = p.clone();
             std::thread::spawn(move || std::fs::read(p).unwrap())
         };
-        assert_eq!(
-            write_report(&p, b"report\n").unwrap(),
-            WriteMode::Through
-        );
+        assert_eq!(write_report(&p, b"report\n").unwrap(), WriteMode::Through);
         assert_eq!(reader.join().unwrap(), b"report\n");
-        assert!(std::fs::symlink_metadata(&p)
-            .unwrap()
-            .file_type()
-            .is_fifo());
+        assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_fifo());
         assert_eq!(entries(d.path()), 1);
     }
 

@@ -130,11 +130,25 @@ pub fn accumulate(into: &mut Vec<ExitStats>, more: &[ExitStats]) {
 pub fn stats_table(stats: &[ExitStats]) -> String {
     let mut out = format!(
         "{:<5} {:>8} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>7} {:>12} {:>10}\n",
-        "VCPU", "EXITS", "IO-OUT", "IO-IN", "MMIO", "RDMSR", "WRMSR", "HLT", "OTHER", "KVM_RUN ms", "VMM ms"
+        "VCPU",
+        "EXITS",
+        "IO-OUT",
+        "IO-IN",
+        "MMIO",
+        "RDMSR",
+        "WRMSR",
+        "HLT",
+        "OTHER",
+        "KVM_RUN ms",
+        "VMM ms"
     );
     let row = |name: String, s: &ExitStats| {
         let e = &s.exits;
-        let other = e.total() - e.io_out - e.io_in - e.mmio_read - e.mmio_write
+        let other = e.total()
+            - e.io_out
+            - e.io_in
+            - e.mmio_read
+            - e.mmio_write
             - e.msr_read
             - e.msr_write
             - e.hlt;
@@ -186,9 +200,9 @@ mod tests {
         let t = stats_table(&acc);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4, "{t}");
-        assert!(lines[1].split_whitespace().eq([
-            "0", "12", "6", "0", "0", "4", "0", "0", "2", "3.000", "0.500"
-        ]));
+        assert!(lines[1]
+            .split_whitespace()
+            .eq(["0", "12", "6", "0", "0", "4", "0", "0", "2", "3.000", "0.500"]));
         assert!(lines[3].starts_with("all"));
         let v = serde_json::to_value(a).unwrap();
         assert_eq!(v["exit_total"], 6);

@@ -82,9 +82,11 @@ pub struct Difference {
     pub scenario: String,
 }
 
-/// What an exploration found.
+/// What an exploration found (`kvmcap.explore/1`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Exploration {
+    /// The schema name.
+    pub schema: crate::report::document::ExploreV1,
     /// The feature.
     pub feature: String,
     /// The backend.
@@ -106,6 +108,8 @@ pub struct Exploration {
     pub differences: Vec<Difference>,
     /// Per vCPU, over every case's VM: exits by reason, time in `KVM_RUN` and in the VMM.
     pub stats: Vec<ExitStats>,
+    /// Wall time of the whole walk, milliseconds.
+    pub elapsed_ms: f64,
     /// Whether every difference is explained (and something was checked).
     pub pass: bool,
 }
@@ -226,6 +230,7 @@ pub struct ExploreRequest<'a> {
 
 /// Walks the rules' states and runs every case against the backend.
 pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploration, VmmError> {
+    let began = std::time::Instant::now();
     let spec = req.feature;
     let vendor = crate::commands::scenario::guest_vendor(&req.kvm_path)?;
     let args = spec.capability.args;
@@ -356,6 +361,8 @@ pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploratio
     // A walk that checked nothing proves nothing.
     let pass = differences.iter().all(|d| d.explained.is_some()) && checked > 0;
     Ok(Exploration {
+        schema: crate::report::document::ExploreV1,
+        elapsed_ms: began.elapsed().as_secs_f64() * 1000.0,
         feature: spec.name.clone(),
         backend: req.backend,
         pair: req.announce.label(vendor).to_owned(),

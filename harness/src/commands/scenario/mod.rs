@@ -449,5 +449,5 @@ pub fn scenario_dir() -> PathBuf {
 mod report;
 mod run;
 
-pub use report::{CaseResult, ScenarioReport, StepResult};
+pub use report::{CaseResult, RunReport, ScenarioReport, SkippedBackend, StepResult};
 pub use run::{guest_vendor, run_scenario};
