@@ -149,6 +149,8 @@ fn probe_json_shows_the_value_on_both_vcpus_and_none_shows_gp() {
         .map(|r| (r["cpu"].as_u64().unwrap(), r["verdict"] == "match"))
         .collect();
     assert_eq!(seen, vec![(0, true), (1, true)]);
+    assert_eq!(j["schema"], "kvmcap.report/1");
+    assert_eq!(j["pass"], true);
 
     let o = kvmcap(&[
         "probe",

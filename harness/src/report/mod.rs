@@ -63,8 +63,10 @@ pub struct Row {
     pub guest: Reading,
     /// The host's value and its source.
     pub host: Option<HostValue>,
-    /// The feature model's prediction, for the feature's own MSRs.
+    /// The feature model's prediction, for the feature's own MSRs (JSON `model`: the
+    /// verdict's own `expected`, on a mismatch, is what the guest was judged against).
     #[serde(
+        rename = "model",
         skip_serializing_if = "Option::is_none",
         serialize_with = "crate::json::opt_reading"
     )]
