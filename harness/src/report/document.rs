@@ -17,6 +17,7 @@
 use serde::Serialize;
 
 use super::results::{junit, ktap, Suite};
+use crate::vmm::stats::ExitStats;
 
 macro_rules! schema_names {
     ($($(#[$doc:meta])* $ty:ident = $id:literal;)*) => {$(
@@ -63,6 +64,11 @@ pub trait Document: Serialize {
     fn pass(&self) -> bool;
     /// Its cases, one suite per run it holds.
     fn suites(&self) -> Vec<Suite>;
+    /// Its exit accounting per vCPU (summed over its VMs), for `--stats`; empty when it ran
+    /// no VM of kvmcap's.
+    fn exit_stats(&self) -> Vec<ExitStats> {
+        Vec::new()
+    }
 }
 
 /// The output formats of every command.

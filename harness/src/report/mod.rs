@@ -6,9 +6,11 @@ use std::path::Path;
 use serde::Serialize;
 
 pub mod document;
+pub mod output;
 pub mod results;
 pub mod write;
 pub use document::{json, junit_of, render, Document, Format};
+pub use output::{emit, render_stdout, EmitError, OutputOptions};
 pub use write::{write_report, WriteError, WriteMode};
 
 use results::{Case, Status, Suite};
@@ -319,6 +321,10 @@ impl Report {
 impl Document for Report {
     fn pass(&self) -> bool {
         self.ok()
+    }
+
+    fn exit_stats(&self) -> Vec<ExitStats> {
+        self.stats.clone()
     }
 
     fn suites(&self) -> Vec<Suite> {

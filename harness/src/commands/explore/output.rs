@@ -182,6 +182,10 @@ impl crate::report::Document for Exploration {
         self.pass
     }
 
+    fn exit_stats(&self) -> Vec<crate::vmm::stats::ExitStats> {
+        self.stats.clone()
+    }
+
     /// One case for the walk itself (it fails if nothing was checked), then one per
     /// difference: passed when the feature file explains it, failed when not.
     fn suites(&self) -> Vec<crate::report::results::Suite> {

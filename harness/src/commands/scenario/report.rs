@@ -7,7 +7,7 @@ use crate::report::results::{Case, Status, Suite};
 
 use crate::backend::Backend;
 use crate::features::Announce;
-use crate::vmm::stats::ExitStats;
+use crate::vmm::stats::{accumulate, ExitStats};
 use crate::vmm::vcpu::VcpuEnd;
 use crate::x86::cpuid::CpuVendor;
 use msr_probe::Reading;
@@ -220,6 +220,15 @@ impl Document for ScenarioReport {
         self.pass
     }
 
+    /// Summed over the cases (each ran its own VM).
+    fn exit_stats(&self) -> Vec<ExitStats> {
+        let mut all = Vec::new();
+        for c in &self.cases {
+            accumulate(&mut all, &c.stats);
+        }
+        all
+    }
+
     fn suites(&self) -> Vec<Suite> {
         vec![self.suite()]
     }
@@ -282,6 +291,15 @@ impl RunReport {
 impl Document for RunReport {
     fn pass(&self) -> bool {
         self.pass
+    }
+
+    /// Summed over every backend's cases.
+    fn exit_stats(&self) -> Vec<ExitStats> {
+        let mut all = Vec::new();
+        for r in &self.reports {
+            accumulate(&mut all, &r.exit_stats());
+        }
+        all
     }
 
     fn suites(&self) -> Vec<Suite> {
