@@ -27,23 +27,11 @@ fn workspace() -> PathBuf {
 }
 
 fn validator() -> jsonschema::Validator {
-    let text = std::fs::read_to_string(workspace().join("docs/schema/kvmcap.schema.json"))
-        .expect("the schema file");
-    let schema: Value = serde_json::from_str(&text).unwrap();
-    jsonschema::meta::validate(&schema).expect("a valid draft 2020-12 schema");
-    jsonschema::validator_for(&schema).unwrap()
+    common::schema_validator()
 }
 
 fn assert_valid(v: &jsonschema::Validator, what: &str, doc: &Value) {
-    let errors: Vec<String> = v
-        .iter_errors(doc)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .take(5)
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{what} does not match the schema: {errors:#?}"
-    );
+    common::assert_schema(v, what, doc)
 }
 
 /// JSON `pass`, KTAP and JUnit of one document agree.

@@ -2,6 +2,7 @@
 
 pub mod caps;
 pub mod explore;
+pub mod image;
 pub mod probe;
 pub mod scenario;
 pub mod verify;

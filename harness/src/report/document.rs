@@ -11,6 +11,7 @@
 //! | `kvmcap.cost/1` | a lab `cost` job's timed reads | lab `cost` |
 //! | `kvmcap.selftest/1` | a lab `selftest` job's exit and output | lab `selftest` |
 //! | `kvmcap.lab-job/1` | one lab job's result, its report inside | `lab-init` frames |
+//! | `kvmcap.image-dump/1` | another VMM's run of the bare probe image | `image --dump` |
 //!
 //! A change that removes or retypes a field bumps the version; adding a field does not.
 
@@ -55,6 +56,8 @@ schema_names! {
     SelftestV1 = "kvmcap.selftest/1";
     /// `kvmcap.lab-job/1`.
     LabJobV1 = "kvmcap.lab-job/1";
+    /// `kvmcap.image-dump/1`.
+    ImageDumpV1 = "kvmcap.image-dump/1";
 }
 
 /// A report kind: JSON (its `Serialize`, with `schema` and `pass`), and its cases for KTAP and

@@ -210,12 +210,24 @@ impl Report {
                 out.push_str(&format!("vCPU {cpu} ended: {e:?}\n"));
             }
         }
-        let failures = self.failures();
+        // The counts KTAP and JUnit give (a reading nothing could be compared with is skipped).
+        let c = self
+            .suites()
+            .iter()
+            .fold(results::Counts::default(), |mut all, s| {
+                let c = s.counts();
+                all.pass += c.pass;
+                all.fail += c.fail;
+                all.skip += c.skip;
+                all
+            });
         out.push_str(&format!(
-            "{}: {} readings, {} failed, {:.1} ms\n",
-            if failures == 0 { "PASS" } else { "FAIL" },
+            "{}: {} readings, {} passed, {} failed, {} skipped, {:.1} ms\n",
+            if self.ok() { "PASS" } else { "FAIL" },
             self.readings.len(),
-            failures,
+            c.pass,
+            c.fail,
+            c.skip,
             self.elapsed_ms
         ));
         out
