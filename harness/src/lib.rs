@@ -11,7 +11,8 @@
 //! - [`compare`], verdicts;
 //! - [`vmm`], VM construction, vCPU threads, exit dispatch and devices, for any guest;
 //! - [`guests`], the bare probe guest and the Linux guest;
-//! - [`report`], reports and their tables;
+//! - [`report`], reports as documents (JSON with a schema name, tables, KTAP, JUnit) and
+//!   where they are written;
 //! - [`commands`], probe, verify, scenarios and explore;
 //! - [`lab`], the jobs kvmcap runs inside the lab;
 //! - [`cli`], the command line.
