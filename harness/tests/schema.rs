@@ -216,6 +216,9 @@ fn every_report_kind_matches_the_schema() {
         assert_valid(&v, &job.name(), &json);
         assert_formats_agree(&job.name(), &r);
         assert!(r.suite.time_ms > 0.0 && r.suite.time_ms == r.job_ms);
+        // Every job that ran a VM of kvmcap's carries its exit accounting.
+        let ran_vm = matches!(job.kind.as_str(), "probe" | "run" | "explore" | "cost");
+        assert_eq!(!r.stats.is_empty(), ran_vm && r.pass, "{}", job.name());
         schemas.push(
             json["report"]["schema"]
                 .as_str()

@@ -112,7 +112,7 @@ pub fn cost_result(job: &Job, r: &Report, msr: MsrIndex, catalog: &Catalog) -> J
         ],
         error: None,
     }];
-    JobResult::new(
+    let mut result = JobResult::new(
         job,
         pass,
         serde_json::json!({
@@ -139,5 +139,7 @@ pub fn cost_result(job: &Job, r: &Report, msr: MsrIndex, catalog: &Catalog) -> J
             "elapsed_ms": r.elapsed_ms,
         }),
         suites,
-    )
+    );
+    result.stats = r.stats.clone();
+    result
 }

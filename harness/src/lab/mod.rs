@@ -42,6 +42,7 @@ use crate::host::HostSources;
 use crate::report::document::{Document, LabJobV1, SelftestV1};
 use crate::report::results::{Case, Status, Suite};
 use crate::vmm::error::Limits;
+use crate::vmm::stats::ExitStats;
 use msr_probe::Catalog;
 
 /// QEMU in the bench lab image.
@@ -171,6 +172,9 @@ pub struct JobResult {
     pub job_ms: f64,
     /// The job's cases (for KTAP and JUnit: `cargo xtask lab` reads them), its time `job_ms`.
     pub suite: Suite,
+    /// Exit accounting per vCPU, summed over the job's VMs (empty for jobs that ran no VM of
+    /// kvmcap's: `selftest`, `qemu`, a job that could not run).
+    pub stats: Vec<ExitStats>,
 }
 
 impl JobResult {
@@ -209,6 +213,7 @@ impl JobResult {
                 cases,
                 error: None,
             },
+            stats: Vec::new(),
         }
     }
 
@@ -236,9 +241,11 @@ impl Document for JobResult {
     }
 }
 
-/// A report's pass, JSON and suites.
-fn documented(d: &impl Document) -> (bool, serde_json::Value, Vec<Suite>) {
-    (d.pass(), to_value(d), d.suites())
+/// A job's result from its report: its pass, JSON, cases and exit accounting.
+fn documented(job: &Job, d: &impl Document, snapshot: serde_json::Value) -> JobResult {
+    let mut r = JobResult::new(job, d.pass(), snapshot, to_value(d), d.suites());
+    r.stats = d.exit_stats();
+    r
 }
 
 fn to_value(v: &impl Serialize) -> serde_json::Value {
@@ -270,11 +277,6 @@ fn run_job_untimed(
     let host = match HostSources::default().with_explicit(host_values, catalog) {
         Ok(h) => h,
         Err(e) => return fail(e.to_string()),
-    };
-    let judged = |doc: &dyn Fn() -> (bool, serde_json::Value, Vec<Suite>),
-                  snapshot: serde_json::Value| {
-        let (pass, report, suites) = doc();
-        JobResult::new(job, pass, snapshot, report, suites)
     };
     let limits = Limits {
         deadline: Duration::from_secs(
@@ -342,7 +344,7 @@ fn run_job_untimed(
                 },
                 catalog,
             ) {
-                Ok(r) => judged(&|| documented(&r), to_value(&r.snapshot_view())),
+                Ok(r) => documented(job, &r, to_value(&r.snapshot_view())),
                 Err(e) => fail(e.to_string()),
             }
         }
@@ -361,7 +363,7 @@ fn run_job_untimed(
                 catalog,
                 limits,
             ) {
-                Ok(r) => judged(&|| documented(&r), to_value(&r.snapshot_view())),
+                Ok(r) => documented(job, &r, to_value(&r.snapshot_view())),
                 Err(e) => fail(e.to_string()),
             }
         }
@@ -423,7 +425,7 @@ fn run_job_untimed(
                 .map_err(|e| e.to_string())
             };
             match result {
-                Ok(r) => judged(&|| documented(&r), to_value(&r.snapshot_view(Some(&spec)))),
+                Ok(r) => documented(job, &r, to_value(&r.snapshot_view(Some(&spec)))),
                 Err(e) => fail(e),
             }
         }
