@@ -14,6 +14,7 @@ pub enum Verdict {
     /// The guest saw something else.
     Mismatch {
         /// What it should have seen.
+        #[serde(serialize_with = "crate::json::reading")]
         expected: Reading,
     },
     /// The guest got #GP, as it should.

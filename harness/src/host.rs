@@ -20,6 +20,7 @@ use msr_probe::{Catalog, DevMsr, Fingerprint, MsrIndex, MsrReader, Reading};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HostValue {
     /// The reading (a value, or a fault the host CPU raised).
+    #[serde(serialize_with = "crate::json::reading")]
     pub reading: Reading,
     /// The source's name (`explicit`, `profile:<file>`, `devmsr`, `kvm`).
     pub source: String,

@@ -28,7 +28,10 @@ pub struct NegotiationStep {
     /// `KVM_CHECK_EXTENSION` on the VM.
     pub vm: i32,
     /// The enable arguments, if it was enabled.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::json::opt_args_hex"
+    )]
     pub args: Option<[u64; 4]>,
     /// `ok`, the errno with its meaning, or `skipped: not supported`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -177,8 +177,9 @@ fn caps_names_the_capabilities_kvmcap_uses() {
     assert!(out.contains("KVM_CAP_X86_USER_SPACE_MSR"), "{out}");
     assert!(out.contains("KVM_CAP_MSR_PLATFORM_INFO"), "{out}");
     let o = kvmcap(&["caps", "--json"]);
-    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(rows
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["schema"], "kvmcap.caps/1");
+    assert!(doc["caps"]
         .as_array()
         .unwrap()
         .iter()
@@ -223,10 +224,12 @@ fn probe_json_shows_the_value_on_both_vcpus_and_none_shows_gp() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["guest"]["value"] == 0x1122334455667788u64)
+        .filter(|r| r["guest"]["value"] == "0x1122334455667788")
         .map(|r| (r["cpu"].as_u64().unwrap(), r["verdict"] == "match"))
         .collect();
     assert_eq!(seen, vec![(0, true), (1, true)]);
+    assert_eq!(j["schema"], "kvmcap.report/1");
+    assert_eq!(j["pass"], true);
 
     let o = kvmcap(&[
         "probe",

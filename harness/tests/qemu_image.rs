@@ -62,6 +62,16 @@ fn qemu_runs_the_image_and_agrees_on_the_feature_msrs() {
     );
     let results = image::parse_dump(&per_cpu, &std::fs::read(&dump).unwrap()).unwrap();
     assert_eq!(results.len(), 2);
+    // The dump as `image --dump` prints it: a kvmcap.image-dump/1 document.
+    let parsed = kvmcap::commands::image::ImageDump::parse(
+        &per_cpu,
+        &std::fs::read(&dump).unwrap(),
+        false,
+        &catalog,
+    )
+    .unwrap();
+    let dump_json = serde_json::to_value(&parsed).unwrap();
+    common::assert_schema(&common::schema_validator(), "image dump", &dump_json);
 
     let host = HostSources::default();
     let report = probe_bare(
@@ -80,6 +90,20 @@ fn qemu_runs_the_image_and_agrees_on_the_feature_msrs() {
         &catalog,
     )
     .unwrap();
+    // Row by row, the dump's JSON `guest` is the report's, where both VMMs leave the MSR to
+    // KVM (what `cargo xtask bench` compares).
+    let report_json = serde_json::to_value(&report).unwrap();
+    for (d, r) in dump_json["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(report_json["readings"].as_array().unwrap())
+    {
+        assert_eq!(d["index"], r["index"]);
+        if d["name"] != "IA32_APIC_BASE" {
+            assert_eq!(d["guest"], r["guest"], "{}", d["name"]);
+        }
+    }
     for (cpu, list) in results.iter().enumerate() {
         for (i, (r, _)) in list.iter().enumerate() {
             let row = &report.readings[cpu * msrs.len() + i];

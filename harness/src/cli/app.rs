@@ -15,9 +15,8 @@ use crate::commands::verify::{verify_linux, VerifyError, VerifyRequest};
 use crate::features::FeatureSpec;
 use crate::fixtures::{self, Kind};
 use crate::host::HostSources;
-use crate::kvm::{cap_name, KvmSystem};
 use crate::negotiate::NegotiationError;
-use crate::report::write_atomic;
+use crate::report::{write_report, Document};
 use crate::vmm::error::VmmError;
 use msr_probe::{Catalog, DevMsr, MsrIndex};
 
@@ -45,68 +44,13 @@ fn catalog() -> Result<Catalog, Failure> {
     Catalog::builtin().map_err(|e| fail(exit::INPUT, e))
 }
 
-fn emit(o: &Output, json: &impl Serialize, table: impl FnOnce() -> String) -> Result<(), Failure> {
-    let doc = serde_json::to_string_pretty(json).map_err(|e| fail(exit::OUTPUT, e))? + "\n";
-    match &o.report {
-        Some(path) if path.as_os_str() == "-" => print!("{doc}"),
-        Some(path) => write_atomic(path, doc.as_bytes())
-            .map_err(|e| fail(exit::OUTPUT, format!("report {}: {e}", path.display())))?,
-        None => {}
-    }
-    if o.json {
-        print!("{doc}");
-    } else {
-        print!("{}", table());
-    }
-    Ok(())
+fn emit<D: Document>(o: &Output, doc: &D, table: impl FnOnce() -> String) -> Result<(), Failure> {
+    crate::report::emit(&o.options(), doc, table).map_err(|e| fail(exit::OUTPUT, e))
 }
-
-#[derive(Serialize)]
-struct CapRow {
-    number: u32,
-    name: String,
-    system: i32,
-    vm: i32,
-}
-
-/// Capability numbers scanned by `caps`: every upstream one and beyond, so a patched kernel's
-/// new number shows up even when nobody names it.
-const CAP_SCAN_LIMIT: u32 = 4096;
 
 fn cmd_caps(kvm_path: &std::path::Path, o: &CapsArgs) -> Result<(), Failure> {
-    let kvm = KvmSystem::open(kvm_path).map_err(failure)?;
-    let vm = kvm.create_vm().map_err(failure)?;
-    let mut rows = Vec::new();
-    for n in 0..CAP_SCAN_LIMIT {
-        let system = kvm.check_extension_raw(n);
-        let at_vm = vm.check_extension_raw(n);
-        if system != 0 || at_vm != 0 {
-            rows.push(CapRow {
-                number: n,
-                name: cap_name(n),
-                system,
-                vm: at_vm,
-            });
-        }
-    }
-    let mut table = format!(
-        "{} on {} (kernel {}): {} capabilities present\n{:<6} {:<40} {:>10} {:>10}\n",
-        kvm.path().display(),
-        msr_probe::Fingerprint::of_running_system().cpu_model,
-        crate::negotiate::running_kernel(),
-        rows.len(),
-        "NUMBER",
-        "NAME",
-        "SYSTEM",
-        "VM"
-    );
-    for r in &rows {
-        table.push_str(&format!(
-            "{:<6} {:<40} {:>10} {:>10}\n",
-            r.number, r.name, r.system, r.vm
-        ));
-    }
-    emit(&o.out, &rows, || table)
+    let r = crate::commands::caps::scan_caps(kvm_path).map_err(failure)?;
+    emit(&o.out, &r, || r.table())
 }
 
 fn feature(name: &str, catalog: &Catalog) -> Result<FeatureSpec, Failure> {
@@ -181,16 +125,6 @@ fn probe_msrs(
     Ok(msrs)
 }
 
-#[derive(Serialize)]
-struct DumpRow {
-    cpu: u32,
-    index: MsrIndex,
-    name: String,
-    guest: msr_probe::Reading,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cycles: Option<u32>,
-}
-
 /// `kvmcap image`: the bare probe for another VMM, and what that VMM's guest reported.
 fn cmd_image(o: &ImageArgs) -> Result<bool, Failure> {
     use crate::guests::bare::{image, MsrOp};
@@ -202,7 +136,7 @@ fn cmd_image(o: &ImageArgs) -> Result<bool, Failure> {
         .collect();
     let per_cpu = vec![ops.clone(); usize::from(o.vcpus)];
     if let Some(out) = &o.out_file {
-        write_atomic(out, &image::multiboot_image(&per_cpu, o.timed))
+        write_report(out, &image::multiboot_image(&per_cpu, o.timed))
             .map_err(|e| fail(exit::OUTPUT, format!("image {}: {e}", out.display())))?;
         println!(
             "qemu-system-x86_64 -accel kvm -M microvm -cpu host,-arch-capabilities -smp {} -m 64 -nodefaults \\\n    \
@@ -219,26 +153,9 @@ fn cmd_image(o: &ImageArgs) -> Result<bool, Failure> {
     };
     let bytes = std::fs::read(dump)
         .map_err(|e| fail(exit::INPUT, format!("dump {}: {e}", dump.display())))?;
-    let results = image::parse_dump(&per_cpu, &bytes)
+    let doc = crate::commands::image::ImageDump::parse(&per_cpu, &bytes, o.timed, &catalog)
         .map_err(|e| fail(exit::NO_REPORT, format!("dump {}: {e}", dump.display())))?;
-    let mut rows = Vec::new();
-    for (cpu, list) in results.iter().enumerate() {
-        for (op, (r, cycles)) in ops.iter().zip(list) {
-            let Some(index) = op.index() else { continue };
-            rows.push(DumpRow {
-                cpu: cpu as u32,
-                index,
-                name: catalog.name_of(index).to_owned(),
-                guest: r.reading(op),
-                cycles: o.timed.then_some(*cycles),
-            });
-        }
-    }
-    emit(&o.out, &rows, || {
-        rows.iter()
-            .map(|r| format!("cpu{} {:<12} {:<32} {}\n", r.cpu, r.index, r.name, r.guest))
-            .collect()
-    })?;
+    emit(&o.out, &doc, || doc.table())?;
     Ok(true)
 }
 
@@ -290,6 +207,7 @@ fn cmd_run(kvm_path: &std::path::Path, o: &RunArgs) -> Result<bool, Failure> {
         None => scenario.backends.clone(),
     };
     let mut reports = Vec::new();
+    let mut skipped = Vec::new();
     let mut table = String::new();
     for b in backends {
         match run_scenario(
@@ -313,6 +231,10 @@ fn cmd_run(kvm_path: &std::path::Path, o: &RunArgs) -> Result<bool, Failure> {
                 let line = format!("scenario {} (backend {b}): skipped: {e}\n", scenario.name);
                 eprint!("{line}");
                 table.push_str(&line);
+                skipped.push(crate::commands::scenario::SkippedBackend {
+                    backend: b,
+                    reason: e.to_string(),
+                });
             }
             Err(e) => return Err(failure(e)),
         }
@@ -326,9 +248,9 @@ fn cmd_run(kvm_path: &std::path::Path, o: &RunArgs) -> Result<bool, Failure> {
             ),
         ));
     }
-    let pass = reports.iter().all(|r| r.pass);
-    emit(&o.out, &reports, || table)?;
-    Ok(pass)
+    let run = crate::commands::scenario::RunReport::new(scenario.name.clone(), reports, skipped);
+    emit(&o.out, &run, || table)?;
+    Ok(run.pass)
 }
 
 fn cmd_explore(kvm_path: &std::path::Path, o: &ExploreArgs) -> Result<bool, Failure> {
@@ -478,11 +400,14 @@ fn cmd_list(o: &ListArgs) -> Result<bool, Failure> {
             })
             .collect(),
     };
-    emit(&o.out, &rows, || {
-        rows.iter()
-            .map(|r| format!("{:<32} {:<12} {}\n", r.name, r.origin, r.what))
-            .collect()
-    })?;
+    if o.json {
+        let doc = serde_json::to_string_pretty(&rows).map_err(|e| fail(exit::OUTPUT, e))?;
+        println!("{doc}");
+    } else {
+        for r in &rows {
+            println!("{:<32} {:<12} {}", r.name, r.origin, r.what);
+        }
+    }
     Ok(true)
 }
 

@@ -13,6 +13,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::backend::Backend;
 use crate::features::Announce;
+use crate::report::{Format, OutputOptions};
 use crate::vmm::error::{Limits, DEFAULT_MAX_VCPUS};
 
 impl ValueEnum for Backend {
@@ -25,6 +26,19 @@ impl ValueEnum for Backend {
             Self::User => "user",
             Self::Kernel => "kernel",
         }))
+    }
+}
+
+impl ValueEnum for Format {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Text, Self::Json, Self::Ktap]
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::Text => PossibleValue::new("text").help("the table people read"),
+            Self::Json => PossibleValue::new("json").help("the JSON document (docs/schema/)"),
+            Self::Ktap => PossibleValue::new("ktap").help("KTAP v1, as kselftest prints it"),
+        })
     }
 }
 
@@ -119,12 +133,37 @@ pub enum Command {
 /// Where a report goes.
 #[derive(Clone, Debug, Default, Args)]
 pub struct Output {
-    /// Print the JSON report instead of the table.
-    #[arg(long)]
+    /// Print the JSON document instead of the table (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
-    /// Also write the JSON report to PATH (`-`: standard output).
+    /// What standard output carries.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<Format>,
+    /// Also write the JSON document to PATH (`-`: standard output, instead of the table).
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
+    /// Also write JUnit XML to PATH (`-`: standard output, instead of the table).
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+    /// Add each vCPU's exit accounting (exits by reason, time in KVM_RUN and in the VMM).
+    #[arg(long)]
+    pub stats: bool,
+}
+
+impl Output {
+    /// The report layer's options.
+    pub fn options(&self) -> OutputOptions {
+        OutputOptions {
+            format: self.format.unwrap_or(if self.json {
+                Format::Json
+            } else {
+                Format::Text
+            }),
+            report: self.report.clone(),
+            junit: self.junit.clone(),
+            stats: self.stats,
+        }
+    }
 }
 
 /// Resource limits.
@@ -379,9 +418,9 @@ pub struct ListArgs {
     /// What to list.
     #[arg(value_enum)]
     pub what: ListWhat,
-    /// Output.
-    #[command(flatten)]
-    pub out: Output,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The clap command, with the exit-code table after the help.

@@ -214,9 +214,12 @@ pub fn probe_bare_on(
     }
 
     Ok(Report {
+        schema: crate::report::document::ReportV1,
+        pass: false,
         fingerprint: fingerprint(&outcome, req.feature, req.backend, "bare", req.host),
         negotiation: outcome.negotiation.clone(),
         vcpus: outcome.ends.clone(),
+        stats: outcome.stats.clone(),
         readings,
         kernel_ppin: Vec::new(),
         tsc_khz: outcome.tsc_khz,
@@ -226,5 +229,6 @@ pub fn probe_bare_on(
             .map(|s| format!("unexpected guest I/O: {s}"))
             .collect(),
         elapsed_ms: outcome.elapsed.as_secs_f64() * 1000.0,
-    })
+    }
+    .sealed())
 }

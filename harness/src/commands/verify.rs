@@ -257,6 +257,8 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         )]
     };
     Ok(Report {
+        schema: crate::report::document::ReportV1,
+        pass: false,
         fingerprint: RunFingerprint {
             kernel: me.kernel,
             cpu_vendor: me.cpu_vendor,
@@ -284,12 +286,14 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
                 other => other.clone(),
             })
             .collect(),
+        stats: outcome.stats.clone(),
         readings,
         kernel_ppin,
         notes,
         elapsed_ms: outcome.elapsed.as_secs_f64() * 1000.0,
         tsc_khz: None,
-    })
+    }
+    .sealed())
 }
 
 #[cfg(test)]

@@ -86,6 +86,8 @@ pub struct LinuxOutcome {
     pub vendor: crate::x86::cpuid::CpuVendor,
     /// Each vCPU's end.
     pub ends: Vec<VcpuEnd>,
+    /// Each vCPU's exits by reason and time in and out of `KVM_RUN`.
+    pub stats: Vec<crate::vmm::stats::ExitStats>,
     /// The report frame, or why there is none.
     pub frame: Result<Frame, FrameError>,
     /// Where the frame came from: `memory window` or `console`.
@@ -468,6 +470,7 @@ pub fn run_linux(req: &LinuxRequest<'_>) -> Result<LinuxOutcome, VmmError> {
         negotiation: ctx.negotiation,
         vendor: ctx.vendor,
         ends: summary.ends,
+        stats: summary.stats,
         report_channel: if from_window.is_some() {
             "memory window"
         } else {

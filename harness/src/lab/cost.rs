@@ -84,10 +84,38 @@ pub fn cost_result(job: &Job, r: &Report, msr: MsrIndex, catalog: &Catalog) -> J
     }
     let complete = cycles.iter().all(|c| c.len() == COST_READS);
     let pass = r.ok() && complete && r.tsc_khz.is_some();
-    JobResult {
-        job: job.name(),
+    // Two cases, not one per read: a cost job reads thousands of times.
+    let suites = vec![Suite {
+        name: "cost".into(),
+        time_ms: r.elapsed_ms,
+        cases: vec![
+            Case::new(
+                "every read as expected",
+                if r.ok() {
+                    Status::Pass
+                } else {
+                    Status::Fail(format!("{} failed verdicts", r.failures()))
+                },
+            ),
+            Case::new(
+                "every read timed, TSC frequency known",
+                if complete && r.tsc_khz.is_some() {
+                    Status::Pass
+                } else {
+                    Status::Fail(format!(
+                        "timed reads per vCPU {:?} of {COST_READS}, TSC kHz {:?}",
+                        cycles.iter().map(Vec::len).collect::<Vec<_>>(),
+                        r.tsc_khz
+                    ))
+                },
+            ),
+        ],
+        error: None,
+    }];
+    let mut result = JobResult::new(
+        job,
         pass,
-        snapshot: serde_json::json!({
+        serde_json::json!({
             "msr": catalog.name_of(msr),
             "backend": job.backend.to_string(),
             "reads": COST_READS,
@@ -95,9 +123,11 @@ pub fn cost_result(job: &Job, r: &Report, msr: MsrIndex, catalog: &Catalog) -> J
             "verdicts_ok": r.ok(),
             "timed": complete,
         }),
-        report: serde_json::json!({
+        serde_json::json!({
+            "schema": crate::report::document::CostV1::ID,
+            "pass": pass,
             "msr": catalog.name_of(msr),
-            "index": msr.raw(),
+            "index": crate::json::hex(u64::from(msr.raw())),
             "reads_per_vcpu": COST_READS,
             "guest_saw": seen,
             "failures": r.failures(),
@@ -105,8 +135,11 @@ pub fn cost_result(job: &Job, r: &Report, msr: MsrIndex, catalog: &Catalog) -> J
             "cycles": cycles,
             "negotiation": to_value(&r.negotiation),
             "vcpus": to_value(&r.vcpus),
+            "stats": to_value(&r.stats),
             "elapsed_ms": r.elapsed_ms,
         }),
-        job_ms: 0.0,
-    }
+        suites,
+    );
+    result.stats = r.stats.clone();
+    result
 }

@@ -40,7 +40,10 @@ use crate::commands::verify::{verify_linux, VerifyRequest};
 use crate::features::Announce;
 use crate::features::FeatureSpec;
 use crate::host::HostSources;
+use crate::report::document::{Document, LabJobV1, SelftestV1};
+use crate::report::results::{Case, Status, Suite};
 use crate::vmm::error::Limits;
+use crate::vmm::stats::ExitStats;
 use msr_probe::Catalog;
 
 /// QEMU in the bench lab image.
@@ -186,9 +189,11 @@ impl Default for LabPaths {
     }
 }
 
-/// A job's result as the lab prints it.
+/// A job's result as the lab prints it (`kvmcap.lab-job/1`).
 #[derive(Debug, Serialize)]
 pub struct JobResult {
+    /// The schema name.
+    pub schema: LabJobV1,
     /// The job.
     pub job: String,
     /// Whether it passed.
@@ -199,6 +204,82 @@ pub struct JobResult {
     pub report: serde_json::Value,
     /// Wall time from the job's start to its verdict, in the lab.
     pub job_ms: f64,
+    /// The job's cases (for KTAP and JUnit: `cargo xtask lab` reads them), its time `job_ms`.
+    pub suite: Suite,
+    /// Exit accounting per vCPU, summed over the job's VMs (empty for jobs that ran no VM of
+    /// kvmcap's: `selftest`, `qemu`, a job that could not run).
+    pub stats: Vec<ExitStats>,
+}
+
+impl JobResult {
+    /// A job's result: its report's cases become the job's suite (case names prefixed with
+    /// their run when the report holds several runs).
+    pub fn new(
+        job: &Job,
+        pass: bool,
+        snapshot: serde_json::Value,
+        report: serde_json::Value,
+        suites: Vec<Suite>,
+    ) -> Self {
+        let several = suites.len() > 1;
+        let cases = suites
+            .into_iter()
+            .flat_map(|s| {
+                let prefix = several.then(|| s.name.clone());
+                s.cases.into_iter().map(move |mut c| {
+                    if let Some(p) = &prefix {
+                        c.name = format!("{p}: {}", c.name);
+                    }
+                    c
+                })
+            })
+            .collect();
+        JobResult {
+            schema: LabJobV1,
+            job: job.name(),
+            pass,
+            snapshot,
+            report,
+            job_ms: 0.0,
+            suite: Suite {
+                name: job.name(),
+                time_ms: 0.0,
+                cases,
+                error: None,
+            },
+            stats: Vec::new(),
+        }
+    }
+
+    /// A job that could not run, and why.
+    pub fn failed(job: &Job, e: String) -> Self {
+        let mut r = Self::new(
+            job,
+            false,
+            serde_json::Value::String(format!("error: {e}")),
+            serde_json::Value::String(e.clone()),
+            Vec::new(),
+        );
+        r.suite.error = Some(e);
+        r
+    }
+}
+
+impl Document for JobResult {
+    fn pass(&self) -> bool {
+        self.pass
+    }
+
+    fn suites(&self) -> Vec<Suite> {
+        vec![self.suite.clone()]
+    }
+}
+
+/// A job's result from its report: its pass, JSON, cases and exit accounting.
+fn documented(job: &Job, d: &impl Document, snapshot: serde_json::Value) -> JobResult {
+    let mut r = JobResult::new(job, d.pass(), snapshot, to_value(d), d.suites());
+    r.stats = d.exit_stats();
+    r
 }
 
 fn to_value(v: &impl Serialize) -> serde_json::Value {
@@ -216,6 +297,7 @@ pub fn run_job(
     let start = Instant::now();
     let mut r = run_job_untimed(job, paths, host_values, catalog);
     r.job_ms = start.elapsed().as_secs_f64() * 1000.0;
+    r.suite.time_ms = r.job_ms;
     r
 }
 
@@ -225,23 +307,10 @@ fn run_job_untimed(
     host_values: &[String],
     catalog: &Catalog,
 ) -> JobResult {
-    let fail = |e: String| JobResult {
-        job: job.name(),
-        pass: false,
-        snapshot: serde_json::Value::String(format!("error: {e}")),
-        report: serde_json::Value::String(e),
-        job_ms: 0.0,
-    };
+    let fail = |e: String| JobResult::failed(job, e);
     let host = match HostSources::default().with_explicit(host_values, catalog) {
         Ok(h) => h,
         Err(e) => return fail(e.to_string()),
-    };
-    let judged = |pass: bool, snapshot: serde_json::Value, report: serde_json::Value| JobResult {
-        job: job.name(),
-        pass,
-        snapshot,
-        report,
-        job_ms: 0.0,
     };
     let limits = Limits {
         deadline: Duration::from_secs(
@@ -263,13 +332,30 @@ fn run_job_untimed(
                     text.push_str(&String::from_utf8_lossy(&out.stderr));
                     // Bounded: the whole report must fit a frame comfortably.
                     let keep = text.len().saturating_sub(16 * 1024);
-                    JobResult {
-                        job: job.name(),
-                        pass: code == 0,
-                        snapshot: serde_json::json!({ "selftest": job.subject, "exit": code }),
-                        report: serde_json::json!({ "exit": code, "output": &text[text.ceil_char_boundary(keep)..] }),
-                        job_ms: 0.0,
-                    }
+                    JobResult::new(
+                        job,
+                        code == 0,
+                        serde_json::json!({ "selftest": job.subject, "exit": code }),
+                        serde_json::json!({
+                            "schema": SelftestV1::ID,
+                            "pass": code == 0,
+                            "exit": code,
+                            "output": &text[text.ceil_char_boundary(keep)..],
+                        }),
+                        vec![Suite {
+                            name: job.subject.clone(),
+                            time_ms: 0.0,
+                            cases: vec![Case::new(
+                                job.subject.clone(),
+                                if code == 0 {
+                                    Status::Pass
+                                } else {
+                                    Status::Fail(format!("exit {code}"))
+                                },
+                            )],
+                            error: None,
+                        }],
+                    )
                 }
                 Err(e) => fail(format!("{}: {e}", path.display())),
             }
@@ -292,7 +378,7 @@ fn run_job_untimed(
                 },
                 catalog,
             ) {
-                Ok(r) => judged(r.pass, to_value(&r.snapshot_view()), to_value(&r)),
+                Ok(r) => documented(job, &r, to_value(&r.snapshot_view())),
                 Err(e) => fail(e.to_string()),
             }
         }
@@ -310,7 +396,7 @@ fn run_job_untimed(
                 catalog,
                 limits,
             ) {
-                Ok(r) => judged(r.pass, to_value(&r.snapshot_view()), to_value(&r)),
+                Ok(r) => documented(job, &r, to_value(&r.snapshot_view())),
                 Err(e) => fail(e.to_string()),
             }
         }
@@ -372,13 +458,7 @@ fn run_job_untimed(
                 .map_err(|e| e.to_string())
             };
             match result {
-                Ok(r) => JobResult {
-                    job: job.name(),
-                    pass: r.ok(),
-                    snapshot: to_value(&r.snapshot_view(Some(&spec))),
-                    report: to_value(&r),
-                    job_ms: 0.0,
-                },
+                Ok(r) => documented(job, &r, to_value(&r.snapshot_view(Some(&spec)))),
                 Err(e) => fail(e),
             }
         }

@@ -239,6 +239,8 @@ pub fn judge_qemu_run(
     );
     let me = Fingerprint::of_running_system();
     Ok(Report {
+        schema: crate::report::document::ReportV1,
+        pass: false,
         fingerprint: RunFingerprint {
             kernel: me.kernel,
             cpu_vendor: me.cpu_vendor,
@@ -253,6 +255,7 @@ pub fn judge_qemu_run(
         },
         negotiation: Vec::new(),
         vcpus: Vec::new(),
+        stats: Vec::new(),
         readings,
         kernel_ppin,
         notes: vec![format!(
@@ -261,5 +264,6 @@ pub fn judge_qemu_run(
         )],
         elapsed_ms: run.elapsed.as_secs_f64() * 1000.0,
         tsc_khz: None,
-    })
+    }
+    .sealed())
 }

@@ -5,4 +5,5 @@
 pub mod console;
 pub mod error;
 pub mod machine;
+pub mod stats;
 pub mod vcpu;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use vmm_sys_util::signal::Killable;
 
 use crate::kvm::kick;
+use crate::vmm::stats::ExitStats;
 use msr_probe::{Fault, MsrIndex};
 
 /// How one vCPU's run ended.
@@ -130,33 +131,74 @@ pub trait ExitHandler: Send {
     }
 }
 
-/// Runs until the guest or a handler ends it, or `stop` is set (kick).
+/// Runs until the guest or a handler ends it, or `stop` is set (kick), counting exits and
+/// the time in and out of `KVM_RUN` into `stats`.
 fn run_loop(
     vcpu: &mut VcpuFd,
     handler: &mut dyn ExitHandler,
     stop: &AtomicBool,
     vm_done: &AtomicBool,
+    stats: &mut ExitStats,
 ) -> Flow {
-    loop {
+    // When KVM_RUN last returned: the VMM's time runs from there to the next entry.
+    let mut left: Option<Instant> = None;
+    let flow = loop {
         if stop.load(Ordering::Acquire) {
-            return Flow::End(if vm_done.load(Ordering::Acquire) {
+            break Flow::End(if vm_done.load(Ordering::Acquire) {
                 VcpuEnd::Stopped
             } else {
                 VcpuEnd::Timeout
             });
         }
-        let flow = match vcpu.run() {
+        let enter = Instant::now();
+        if let Some(l) = left {
+            stats.in_vmm += enter - l;
+        }
+        let result = vcpu.run();
+        let back = Instant::now();
+        stats.in_kvm_run += back - enter;
+        left = Some(back);
+        let n = &mut stats.exits;
+        let flow = match result {
             Ok(exit) => match exit {
-                VcpuExit::IoOut(port, data) => handler.io_out(port, data),
-                VcpuExit::IoIn(port, data) => handler.io_in(port, data),
-                VcpuExit::MmioRead(addr, data) => handler.mmio_read(addr, data),
-                VcpuExit::MmioWrite(addr, data) => handler.mmio_write(addr, data),
-                VcpuExit::Hlt => Flow::End(VcpuEnd::Hlt),
-                VcpuExit::Shutdown => Flow::EndVm(VcpuEnd::Shutdown),
-                VcpuExit::FailEntry(reason, _) => Flow::EndVm(VcpuEnd::FailEntry { reason }),
-                VcpuExit::InternalError => Flow::EndVm(VcpuEnd::InternalError),
-                VcpuExit::SystemEvent(kind, _) => Flow::EndVm(VcpuEnd::SystemEvent { kind }),
+                VcpuExit::IoOut(port, data) => {
+                    n.io_out += 1;
+                    handler.io_out(port, data)
+                }
+                VcpuExit::IoIn(port, data) => {
+                    n.io_in += 1;
+                    handler.io_in(port, data)
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    n.mmio_read += 1;
+                    handler.mmio_read(addr, data)
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    n.mmio_write += 1;
+                    handler.mmio_write(addr, data)
+                }
+                VcpuExit::Hlt => {
+                    n.hlt += 1;
+                    Flow::End(VcpuEnd::Hlt)
+                }
+                VcpuExit::Shutdown => {
+                    n.shutdown += 1;
+                    Flow::EndVm(VcpuEnd::Shutdown)
+                }
+                VcpuExit::FailEntry(reason, _) => {
+                    n.fail_entry += 1;
+                    Flow::EndVm(VcpuEnd::FailEntry { reason })
+                }
+                VcpuExit::InternalError => {
+                    n.internal_error += 1;
+                    Flow::EndVm(VcpuEnd::InternalError)
+                }
+                VcpuExit::SystemEvent(kind, _) => {
+                    n.system_event += 1;
+                    Flow::EndVm(VcpuEnd::SystemEvent { kind })
+                }
                 VcpuExit::X86Rdmsr(exit) => {
+                    n.msr_read += 1;
                     match handler.rdmsr(MsrIndex::new(exit.index)) {
                         Ok(v) => *exit.data = v,
                         Err(Fault::Gp) => *exit.error = 1,
@@ -164,31 +206,47 @@ fn run_loop(
                     Flow::Continue
                 }
                 VcpuExit::X86Wrmsr(exit) => {
+                    n.msr_write += 1;
                     if handler.wrmsr(MsrIndex::new(exit.index), exit.data).is_err() {
                         *exit.error = 1;
                     }
                     Flow::Continue
                 }
-                VcpuExit::Intr => Flow::Continue,
-                other => Flow::EndVm(VcpuEnd::Unhandled {
-                    exit: format!("{other:?}"),
-                }),
+                VcpuExit::Intr => {
+                    n.intr += 1;
+                    Flow::Continue
+                }
+                other => {
+                    n.other += 1;
+                    Flow::EndVm(VcpuEnd::Unhandled {
+                        exit: format!("{other:?}"),
+                    })
+                }
             },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                n.signal += 1;
                 if !stop.load(Ordering::Acquire) {
                     // A stray signal: clear the kick and go back in.
                     vcpu.set_kvm_immediate_exit(0);
                 }
                 Flow::Continue
             }
-            Err(e) => Flow::EndVm(VcpuEnd::RunError {
-                error: e.to_string(),
-            }),
+            Err(e) => {
+                n.error += 1;
+                Flow::EndVm(VcpuEnd::RunError {
+                    error: e.to_string(),
+                })
+            }
         };
         if !matches!(flow, Flow::Continue) {
-            return flow;
+            break flow;
         }
+    };
+    if let Some(l) = left {
+        stats.in_vmm += l.elapsed();
     }
+    stats.total = stats.exits.total();
+    flow
 }
 
 /// The result of running a set of vCPUs.
@@ -198,6 +256,9 @@ pub struct RunSummary {
     pub ends: Vec<VcpuEnd>,
     /// Wall time from the first thread start to the last end.
     pub elapsed: Duration,
+    /// Per vCPU, in id order: exits by reason, time in `KVM_RUN` and in the VMM (zero for a
+    /// vCPU whose thread never reported).
+    pub stats: Vec<ExitStats>,
 }
 
 /// The CPUs this process may run on (empty if they cannot be read).
@@ -263,7 +324,7 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let vm_done = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<(usize, VcpuEnd)>();
+    let (tx, rx) = mpsc::channel::<(usize, VcpuEnd, ExitStats)>();
     let kick_ok = kick::install().is_ok();
     let mut handles: Vec<Option<JoinHandle<(VcpuFd, H)>>> = Vec::new();
     let count = vcpus.len();
@@ -285,11 +346,12 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
                 let setup = handler.before_run(&vcpu);
                 gate.ready_and_wait();
                 if let Err(error) = setup {
-                    let _ = thread_tx.send((id, VcpuEnd::RunError { error }));
+                    let _ = thread_tx.send((id, VcpuEnd::RunError { error }, ExitStats::default()));
                     return (vcpu, handler);
                 }
                 kick::arm(&mut vcpu);
-                let flow = run_loop(&mut vcpu, &mut handler, &stop, &vm_done);
+                let mut stats = ExitStats::default();
+                let flow = run_loop(&mut vcpu, &mut handler, &stop, &vm_done, &mut stats);
                 kick::disarm();
                 let end = match flow {
                     Flow::End(e) => e,
@@ -300,7 +362,7 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
                     }
                     Flow::Continue => VcpuEnd::Stopped,
                 };
-                let _ = thread_tx.send((id, end));
+                let _ = thread_tx.send((id, end, stats));
                 (vcpu, handler)
             });
         match spawned {
@@ -311,6 +373,7 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
                     VcpuEnd::RunError {
                         error: format!("cannot start vCPU thread: {e}"),
                     },
+                    ExitStats::default(),
                 ));
                 handles.push(None);
             }
@@ -319,6 +382,7 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
     gate.expect(handles.iter().filter(|h| h.is_some()).count());
     drop(tx);
     let mut ends: Vec<Option<VcpuEnd>> = vec![None; count];
+    let mut stats = vec![ExitStats::default(); count];
     let mut received = 0;
     let deadline_at = start + deadline;
     while received < count {
@@ -340,9 +404,10 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
             deadline_at - now
         };
         match rx.recv_timeout(wait) {
-            Ok((id, end)) => {
+            Ok((id, end, s)) => {
                 if id < count && ends[id].is_none() {
                     ends[id] = Some(end);
+                    stats[id] = s;
                     received += 1;
                 }
             }
@@ -373,5 +438,12 @@ pub fn run_vcpus<H: ExitHandler + 'static>(
     if stuck {
         handlers.clear();
     }
-    (RunSummary { ends, elapsed }, handlers)
+    (
+        RunSummary {
+            ends,
+            elapsed,
+            stats,
+        },
+        handlers,
+    )
 }

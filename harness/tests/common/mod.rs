@@ -42,3 +42,27 @@ pub fn qemu() -> Option<PathBuf> {
     let ok = found.is_some();
     require(ok, "qemu-system-x86_64 (apt-get install qemu-system-x86)").then_some(found?)
 }
+
+/// The JSON Schema of every report (`docs/schema/kvmcap.schema.json`), itself checked against
+/// draft 2020-12.
+pub fn schema_validator() -> jsonschema::Validator {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema/kvmcap.schema.json");
+    let text = std::fs::read_to_string(path).expect("the schema file");
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    jsonschema::meta::validate(&schema).expect("a valid draft 2020-12 schema");
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+/// Fails with the first errors when `doc` does not match the schema.
+pub fn assert_schema(v: &jsonschema::Validator, what: &str, doc: &serde_json::Value) {
+    let errors: Vec<String> = v
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .take(5)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} does not match the schema: {errors:#?}"
+    );
+}

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::vmm::stats::{accumulate, ExitStats};
+
 use crate::backend::wiring::model_inputs;
 use crate::backend::Backend;
 use crate::commands::probe::guest_reading;
@@ -38,8 +40,10 @@ pub struct Access {
     /// The vCPU.
     pub cpu: u8,
     /// The MSR.
+    #[serde(serialize_with = "crate::json::msr_index")]
     pub msr: MsrIndex,
     /// The value written, or `None` for a read.
+    #[serde(serialize_with = "crate::json::opt_u64_hex")]
     pub write: Option<u64>,
 }
 
@@ -67,18 +71,22 @@ pub struct Difference {
     /// The step that differs (index in `accesses`).
     pub at: usize,
     /// What the rules say.
+    #[serde(serialize_with = "crate::json::reading")]
     pub rules: Reading,
     /// The rule that decides it (`None`: the access completes by the rules).
     pub rule: Option<String>,
     /// What the guest saw.
+    #[serde(serialize_with = "crate::json::reading")]
     pub seen: Reading,
     /// The case as a scenario file that expects what the rules say.
     pub scenario: String,
 }
 
-/// What an exploration found.
+/// What an exploration found (`kvmcap.explore/1`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Exploration {
+    /// The schema name.
+    pub schema: crate::report::document::ExploreV1,
     /// The feature.
     pub feature: String,
     /// The backend.
@@ -88,6 +96,7 @@ pub struct Exploration {
     /// vCPUs.
     pub vcpus: u8,
     /// States reached by guest writes (register values, in file order).
+    #[serde(serialize_with = "crate::json::rows_u64_hex")]
     pub states: Vec<Vec<u64>>,
     /// Whether the walk stopped at [`MAX_STATES`].
     pub truncated: bool,
@@ -97,6 +106,10 @@ pub struct Exploration {
     pub checked: usize,
     /// Every step that differs, shortest case first, one per (probe, state).
     pub differences: Vec<Difference>,
+    /// Per vCPU, over every case's VM: exits by reason, time in `KVM_RUN` and in the VMM.
+    pub stats: Vec<ExitStats>,
+    /// Wall time of the whole walk, milliseconds.
+    pub elapsed_ms: f64,
     /// Whether every difference is explained (and something was checked).
     pub pass: bool,
 }
@@ -217,6 +230,7 @@ pub struct ExploreRequest<'a> {
 
 /// Walks the rules' states and runs every case against the backend.
 pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploration, VmmError> {
+    let began = std::time::Instant::now();
     let spec = req.feature;
     let vendor = crate::commands::scenario::guest_vendor(&req.kvm_path)?;
     let args = spec.capability.args;
@@ -282,6 +296,7 @@ pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploratio
     let probe_cpus: Vec<u8> = if req.vcpus >= 2 { vec![0, 1] } else { vec![0] };
     let mut cases = 0;
     let mut checked = 0;
+    let mut stats = Vec::new();
     let mut differences = Vec::new();
     for state in &order {
         let path = &paths[state];
@@ -303,7 +318,7 @@ pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploratio
                         });
                     }
                 }
-                let seen = run_case(req, &accesses)?;
+                let seen = run_case(req, &accesses, &mut stats)?;
                 cases += 1;
                 let mut oracle = Oracle::new(&fresh()?, spec.scope);
                 for (i, a) in accesses.iter().enumerate() {
@@ -346,6 +361,8 @@ pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploratio
     // A walk that checked nothing proves nothing.
     let pass = differences.iter().all(|d| d.explained.is_some()) && checked > 0;
     Ok(Exploration {
+        schema: crate::report::document::ExploreV1,
+        elapsed_ms: began.elapsed().as_secs_f64() * 1000.0,
         feature: spec.name.clone(),
         backend: req.backend,
         pair: req.announce.label(vendor).to_owned(),
@@ -355,12 +372,18 @@ pub fn explore(req: &ExploreRequest<'_>, catalog: &Catalog) -> Result<Exploratio
         cases,
         checked,
         differences,
+        stats,
         pass,
     })
 }
 
 /// Runs one case in its own VM and returns what the guest saw for each access, in order.
-fn run_case(req: &ExploreRequest<'_>, accesses: &[Access]) -> Result<Vec<Reading>, VmmError> {
+/// Adds the VM's exit accounting to `stats`, vCPU by vCPU.
+fn run_case(
+    req: &ExploreRequest<'_>,
+    accesses: &[Access],
+    stats: &mut Vec<ExitStats>,
+) -> Result<Vec<Reading>, VmmError> {
     let vcpus = accesses.iter().map(|a| a.cpu).max().unwrap_or(0) + 1;
     let mut per_cpu: Vec<Vec<MsrOp>> = vec![Vec::new(); usize::from(vcpus)];
     let mut at = Vec::with_capacity(accesses.len());
@@ -392,6 +415,7 @@ fn run_case(req: &ExploreRequest<'_>, accesses: &[Access]) -> Result<Vec<Reading
         irqchip: false,
         timed: false,
     })?;
+    accumulate(stats, &outcome.stats);
     Ok(accesses
         .iter()
         .zip(at)

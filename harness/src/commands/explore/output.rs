@@ -176,3 +176,58 @@ impl Exploration {
         Ok(out)
     }
 }
+
+impl crate::report::Document for Exploration {
+    fn pass(&self) -> bool {
+        self.pass
+    }
+
+    fn exit_stats(&self) -> Vec<crate::vmm::stats::ExitStats> {
+        self.stats.clone()
+    }
+
+    /// One case for the walk itself (it fails if nothing was checked), then one per
+    /// difference: passed when the feature file explains it, failed when not.
+    fn suites(&self) -> Vec<crate::report::results::Suite> {
+        use crate::report::results::{Case, Status, Suite};
+        let mut cases = vec![Case::new(
+            "walk",
+            if self.checked > 0 {
+                Status::Pass
+            } else {
+                Status::Fail("no access was checked".into())
+            },
+        )];
+        for (i, d) in self.differences.iter().enumerate() {
+            let a = d.accesses.get(d.at);
+            let name = format!(
+                "difference {} {}: {}",
+                i + 1,
+                d.key,
+                a.map_or(String::new(), |a| match a.write {
+                    Some(v) => format!("cpu{} wrmsr {} {v:#x}", a.cpu, a.msr),
+                    None => format!("cpu{} rdmsr {}", a.cpu, a.msr),
+                })
+            );
+            cases.push(Case::new(
+                name,
+                match &d.explained {
+                    Some(_) => Status::Pass,
+                    None => Status::Fail(format!(
+                        "unexplained: the rules say {}, the guest saw {}",
+                        d.rules, d.seen
+                    )),
+                },
+            ));
+        }
+        vec![Suite {
+            name: format!(
+                "explore {} {} {}vcpu",
+                self.feature, self.backend, self.vcpus
+            ),
+            time_ms: self.elapsed_ms,
+            cases,
+            error: None,
+        }]
+    }
+}

@@ -463,5 +463,5 @@ impl Scenario {
 mod report;
 mod run;
 
-pub use report::{CaseResult, ScenarioReport, StepResult};
+pub use report::{CaseResult, RunReport, ScenarioReport, SkippedBackend, StepResult};
 pub use run::{guest_vendor, run_scenario};

@@ -2,8 +2,12 @@
 
 use serde::Serialize;
 
+use crate::report::document::{Document, RunV1, ScenarioV1};
+use crate::report::results::{Case, Status, Suite};
+
 use crate::backend::Backend;
 use crate::features::Announce;
+use crate::vmm::stats::{accumulate, ExitStats};
 use crate::vmm::vcpu::VcpuEnd;
 use crate::x86::cpuid::CpuVendor;
 use msr_probe::Reading;
@@ -18,10 +22,13 @@ pub struct StepResult {
     /// The step with the concrete MSR.
     pub step: String,
     /// What the scenario expects.
+    #[serde(serialize_with = "crate::json::reading")]
     pub expected: Reading,
     /// What the feature model predicts.
+    #[serde(serialize_with = "crate::json::reading")]
     pub model: Reading,
     /// What the guest saw.
+    #[serde(serialize_with = "crate::json::reading")]
     pub seen: Reading,
     /// Whether seen == expected == model.
     pub pass: bool,
@@ -43,17 +50,23 @@ pub struct CaseResult {
     pub negotiation: Vec<String>,
     /// How each vCPU ended.
     pub ends: Vec<VcpuEnd>,
+    /// Per vCPU: exits by reason, time in `KVM_RUN` and in the VMM (empty when no VM ran).
+    pub stats: Vec<ExitStats>,
     /// The expected end.
     pub expect_end: String,
     /// Per step and vCPU.
     pub steps: Vec<StepResult>,
+    /// Wall time of the case (its VM's creation, run and verdicts), milliseconds.
+    pub elapsed_ms: f64,
     /// Whether the case passed.
     pub pass: bool,
 }
 
-/// A scenario run.
+/// A scenario run (`kvmcap.scenario/1`).
 #[derive(Clone, Debug, Serialize)]
 pub struct ScenarioReport {
+    /// The schema name.
+    pub schema: ScenarioV1,
     /// The scenario.
     pub scenario: String,
     /// The backend.
@@ -157,5 +170,149 @@ impl ScenarioReport {
         }
         out.push_str(if self.pass { "PASS\n" } else { "FAIL\n" });
         out
+    }
+}
+
+impl ScenarioReport {
+    fn suite(&self) -> Suite {
+        let cases = self
+            .cases
+            .iter()
+            .map(|c| {
+                let status = match (&c.skipped, c.pass) {
+                    (Some(why), _) => Status::Skip(why.clone()),
+                    (None, true) => Status::Pass,
+                    (None, false) => Status::Fail(match c.steps.iter().find(|s| !s.pass) {
+                        Some(s) => format!(
+                            "cpu{} {}: expected {} model {} seen {}",
+                            s.cpu, s.step, s.expected, s.model, s.seen
+                        ),
+                        None => format!(
+                            "ended {}, expected {} ({})",
+                            c.ends
+                                .iter()
+                                .map(|e| format!("{e:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            c.expect_end,
+                            c.negotiation.join("; ")
+                        ),
+                    }),
+                };
+                Case {
+                    name: c.name.clone(),
+                    status,
+                    time_ms: Some(c.elapsed_ms),
+                }
+            })
+            .collect();
+        Suite {
+            name: format!("run {} {} {}vcpu", self.scenario, self.backend, self.vcpus),
+            time_ms: self.cases.iter().map(|c| c.elapsed_ms).sum(),
+            cases,
+            error: None,
+        }
+    }
+}
+
+impl Document for ScenarioReport {
+    fn pass(&self) -> bool {
+        self.pass
+    }
+
+    /// Summed over the cases (each ran its own VM).
+    fn exit_stats(&self) -> Vec<ExitStats> {
+        let mut all = Vec::new();
+        for c in &self.cases {
+            accumulate(&mut all, &c.stats);
+        }
+        all
+    }
+
+    fn suites(&self) -> Vec<Suite> {
+        vec![self.suite()]
+    }
+}
+
+/// A backend `run` did not try, and why (the kernel lacks a capability it needs).
+#[derive(Clone, Debug, Serialize)]
+pub struct SkippedBackend {
+    /// The backend.
+    pub backend: Backend,
+    /// Why.
+    pub reason: String,
+}
+
+/// What `kvmcap run` prints (`kvmcap.run/1`): the scenario on each backend it ran, and each
+/// backend it skipped. It passes when every run passed and at least one ran.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// The schema name.
+    pub schema: RunV1,
+    /// Whether it passed.
+    pub pass: bool,
+    /// The scenario.
+    pub scenario: String,
+    /// One report per backend run.
+    pub reports: Vec<ScenarioReport>,
+    /// The backends skipped.
+    pub skipped: Vec<SkippedBackend>,
+}
+
+impl RunReport {
+    /// The run of `scenario`: its reports and skipped backends.
+    pub fn new(
+        scenario: impl Into<String>,
+        reports: Vec<ScenarioReport>,
+        skipped: Vec<SkippedBackend>,
+    ) -> Self {
+        Self {
+            schema: RunV1,
+            pass: !reports.is_empty() && reports.iter().all(|r| r.pass),
+            scenario: scenario.into(),
+            reports,
+            skipped,
+        }
+    }
+
+    /// The table people read: each report's, and a line per skipped backend.
+    pub fn table(&self) -> String {
+        let mut out: String = self.reports.iter().map(ScenarioReport::table).collect();
+        for s in &self.skipped {
+            out.push_str(&format!(
+                "scenario {} (backend {}): skipped: {}\n",
+                self.scenario, s.backend, s.reason
+            ));
+        }
+        out
+    }
+}
+
+impl Document for RunReport {
+    fn pass(&self) -> bool {
+        self.pass
+    }
+
+    /// Summed over every backend's cases.
+    fn exit_stats(&self) -> Vec<ExitStats> {
+        let mut all = Vec::new();
+        for r in &self.reports {
+            accumulate(&mut all, &r.exit_stats());
+        }
+        all
+    }
+
+    fn suites(&self) -> Vec<Suite> {
+        let mut v: Vec<Suite> = self.reports.iter().map(ScenarioReport::suite).collect();
+        v.extend(self.skipped.iter().map(|s| Suite {
+            name: format!("run {} {}", self.scenario, s.backend),
+            time_ms: 0.0,
+            cases: vec![Case::new(
+                s.backend.to_string(),
+                Status::Skip(s.reason.clone()),
+            )],
+            error: None,
+        }));
+        v
     }
 }

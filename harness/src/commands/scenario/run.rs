@@ -62,7 +62,8 @@ pub fn run_scenario(
         .map_err(|e| VmmError::Request(e.to_string()))?;
     let mut cases = Vec::new();
     for case in &scenario.cases {
-        cases.push(run_case(
+        let start = std::time::Instant::now();
+        let mut result = run_case(
             scenario,
             case,
             backend,
@@ -73,10 +74,14 @@ pub fn run_scenario(
             kvm_path,
             catalog,
             limits,
-        )?);
+        )?;
+        result.elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+        cases.push(result);
     }
-    let pass = cases.iter().all(|c| c.pass);
+    // A run whose every case was skipped checked nothing: not a pass.
+    let pass = cases.iter().all(|c| c.pass) && cases.iter().any(|c| c.skipped.is_none());
     Ok(ScenarioReport {
+        schema: crate::report::document::ScenarioV1,
         scenario: scenario.name.clone(),
         backend,
         pair: announce.label(vendor).to_owned(),
@@ -155,8 +160,10 @@ fn run_case(
             skipped: Some(format!("needs {} vCPUs", case.vcpus_needed())),
             negotiation: Vec::new(),
             ends: Vec::new(),
+            stats: Vec::new(),
             expect_end: case.expect_end.clone(),
             steps: Vec::new(),
+            elapsed_ms: 0.0,
             pass: true,
         });
     }
@@ -235,8 +242,10 @@ fn run_case(
                 |m| format!("refused: {m}"),
             )],
             ends: Vec::new(),
+            stats: Vec::new(),
             expect_end: case.expect_end.clone(),
             steps: Vec::new(),
+            elapsed_ms: 0.0,
             pass,
         });
     }
@@ -363,8 +372,10 @@ fn run_case(
             .map(|s| format!("{}: {}", s.cap, s.enabled.as_deref().unwrap_or("checked")))
             .collect(),
         ends: outcome.ends,
+        stats: outcome.stats,
         expect_end: case.expect_end.clone(),
         steps,
+        elapsed_ms: 0.0,
         pass,
     })
 }

@@ -82,13 +82,16 @@ pub enum MsrOp {
     /// `rdmsr`.
     Read {
         /// The MSR.
+        #[serde(serialize_with = "crate::json::msr_index")]
         index: MsrIndex,
     },
     /// `wrmsr`.
     Write {
         /// The MSR.
+        #[serde(serialize_with = "crate::json::msr_index")]
         index: MsrIndex,
         /// The value written.
+        #[serde(serialize_with = "crate::json::u64_hex")]
         value: u64,
     },
     /// Load an empty IDT and execute `ud2`: the vCPU triple-faults (tests SHUTDOWN handling).

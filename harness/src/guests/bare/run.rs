@@ -63,6 +63,8 @@ pub struct BareOutcome {
     pub vendor: CpuVendor,
     /// Each vCPU's end.
     pub ends: Vec<VcpuEnd>,
+    /// Each vCPU's exits by reason and time in and out of `KVM_RUN`.
+    pub stats: Vec<crate::vmm::stats::ExitStats>,
     /// Each vCPU's results, validated.
     pub results: Vec<Result<Vec<OpResult>, ResultsError>>,
     /// TSC ticks per operation as the guest measured them (untrusted; for benchmarks; all 0
@@ -399,6 +401,7 @@ pub fn run_bare_on(open: OpenVm, req: &BareRequest<'_>) -> Result<BareOutcome, V
         negotiation: ctx.negotiation,
         vendor: ctx.vendor,
         ends: summary.ends,
+        stats: summary.stats,
         results,
         cycles,
         tsc_khz,

@@ -1,16 +1,24 @@
 //! Reports: every verdict plus a fingerprint of the run, as a table for people, JSON for
 //! machines, and a machine-independent view for snapshots. Files are written atomically.
 
-use std::io::Write;
-use std::path::Path;
-
 use serde::Serialize;
+
+pub mod document;
+pub mod output;
+pub mod results;
+pub mod write;
+pub use document::{json, junit_of, render, Document, Format};
+pub use output::{emit, render_stdout, EmitError, OutputOptions};
+pub use write::{write_report, WriteError, WriteMode};
+
+use results::{Case, Status, Suite};
 
 use crate::backend::Backend;
 use crate::compare::Verdict;
 use crate::features::FeatureSpec;
 use crate::host::HostValue;
 use crate::negotiate::NegotiationStep;
+use crate::vmm::stats::ExitStats;
 use crate::vmm::vcpu::VcpuEnd;
 use crate::x86::cpuid::CpuVendor;
 use msr_probe::{MsrIndex, Reading};
@@ -46,15 +54,22 @@ pub struct Row {
     /// The vCPU.
     pub cpu: u32,
     /// The MSR.
+    #[serde(serialize_with = "crate::json::msr_index")]
     pub index: MsrIndex,
     /// Its catalog name.
     pub name: String,
     /// What the guest saw.
+    #[serde(serialize_with = "crate::json::reading")]
     pub guest: Reading,
     /// The host's value and its source.
     pub host: Option<HostValue>,
-    /// The feature model's prediction, for the feature's own MSRs.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The feature model's prediction, for the feature's own MSRs (JSON `model`: the
+    /// verdict's own `expected`, on a mismatch, is what the guest was judged against).
+    #[serde(
+        rename = "model",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::json::opt_reading"
+    )]
     pub expected: Option<Reading>,
     /// TSC ticks the guest's access took (bare guest; guest-measured, for benchmarks).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,22 +86,31 @@ pub struct KernelPpin {
     /// The CPU.
     pub cpu: u32,
     /// `cpuN/topology/ppin` (absent when the kernel found no PPIN).
+    #[serde(serialize_with = "crate::json::opt_u64_hex")]
     pub seen: Option<u64>,
     /// What `ppin_init()` must have found.
+    #[serde(serialize_with = "crate::json::opt_u64_hex")]
     pub expected: Option<u64>,
     /// Whether they agree.
     pub ok: bool,
 }
 
-/// A whole report.
+/// A whole report (`kvmcap.report/1`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The schema name.
+    pub schema: document::ReportV1,
+    /// Whether every verdict is as expected and something was checked ([`Report::sealed`]).
+    pub pass: bool,
     /// The run.
     pub fingerprint: RunFingerprint,
     /// Capability negotiation, step by step.
     pub negotiation: Vec<NegotiationStep>,
     /// How each vCPU ended.
     pub vcpus: Vec<VcpuEnd>,
+    /// Per vCPU: exits by reason, time in `KVM_RUN` and in the VMM (empty when another VMM
+    /// ran the guest: the lab's `qemu` jobs).
+    pub stats: Vec<ExitStats>,
     /// Every reading with its verdict.
     pub readings: Vec<Row>,
     /// The guest kernel's own PPIN (`cpuN/topology/ppin`) per CPU, Linux guests only.
@@ -103,9 +127,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether every verdict is as expected.
+    /// Whether every verdict is as expected and at least one reading was checked.
     pub fn ok(&self) -> bool {
-        self.failures() == 0
+        self.failures() == 0 && !(self.readings.is_empty() && self.kernel_ppin.is_empty())
+    }
+
+    /// The report with `pass` set from its verdicts (call once it is complete).
+    pub fn sealed(mut self) -> Self {
+        self.pass = self.ok();
+        self
     }
 
     /// The number of failed verdicts.
@@ -178,12 +208,24 @@ impl Report {
                 out.push_str(&format!("vCPU {cpu} ended: {e:?}\n"));
             }
         }
-        let failures = self.failures();
+        // The counts KTAP and JUnit give (a reading nothing could be compared with is skipped).
+        let c = self
+            .suites()
+            .iter()
+            .fold(results::Counts::default(), |mut all, s| {
+                let c = s.counts();
+                all.pass += c.pass;
+                all.fail += c.fail;
+                all.skip += c.skip;
+                all
+            });
         out.push_str(&format!(
-            "{}: {} readings, {} failed, {:.1} ms\n",
-            if failures == 0 { "PASS" } else { "FAIL" },
+            "{}: {} readings, {} passed, {} failed, {} skipped, {:.1} ms\n",
+            if self.ok() { "PASS" } else { "FAIL" },
             self.readings.len(),
-            failures,
+            c.pass,
+            c.fail,
+            c.skip,
             self.elapsed_ms
         ));
         out
@@ -286,6 +328,73 @@ impl Report {
     }
 }
 
+impl Document for Report {
+    fn pass(&self) -> bool {
+        self.ok()
+    }
+
+    fn exit_stats(&self) -> Vec<ExitStats> {
+        self.stats.clone()
+    }
+
+    fn suites(&self) -> Vec<Suite> {
+        let f = &self.fingerprint;
+        let mut names = std::collections::HashMap::new();
+        let mut cases = Vec::new();
+        for r in &self.readings {
+            let base = format!("cpu{} {} ({})", r.cpu, r.name, r.index);
+            let n = names.entry(base.clone()).or_insert(0usize);
+            *n += 1;
+            let name = if *n == 1 {
+                base
+            } else {
+                format!("{base} read {n}")
+            };
+            let status = match &r.verdict {
+                Verdict::Unchecked { reason } => Status::Skip(reason.clone()),
+                v if v.ok() => Status::Pass,
+                v => Status::Fail(format!(
+                    "{}: guest {}{}",
+                    v.word(),
+                    short(&r.guest),
+                    r.expected
+                        .as_ref()
+                        .map(|e| format!(", model {}", short(e)))
+                        .unwrap_or_default()
+                )),
+            };
+            cases.push(Case::new(name, status));
+        }
+        let hex = |v: Option<u64>| v.map_or("none".to_owned(), |v| format!("{v:#x}"));
+        for k in &self.kernel_ppin {
+            cases.push(Case::new(
+                format!("cpu{} kernel topology/ppin", k.cpu),
+                if k.ok {
+                    Status::Pass
+                } else {
+                    Status::Fail(format!(
+                        "seen {}, expected {}",
+                        hex(k.seen),
+                        hex(k.expected)
+                    ))
+                },
+            ));
+        }
+        vec![Suite {
+            name: format!(
+                "{} {} {} {}vcpu",
+                if f.guest == "bare" { "probe" } else { "verify" },
+                f.feature.as_deref().unwrap_or("none"),
+                f.backend,
+                f.vcpus
+            ),
+            time_ms: self.elapsed_ms,
+            cases,
+            error: None,
+        }]
+    }
+}
+
 fn short(r: &Reading) -> String {
     match r {
         Reading::Value(v) => format!("{v:#x}"),
@@ -327,47 +436,4 @@ pub struct SnapshotRow {
     pub guest: String,
     /// The verdict.
     pub verdict: String,
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, then rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn atomic_write_replaces_whole_file_and_leaves_no_temp() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("r.json");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-        assert!(write_atomic(&d.path().join("missing/dir/r.json"), b"x").is_err());
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-    }
 }
