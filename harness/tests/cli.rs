@@ -496,3 +496,33 @@ fn bad_guest_images_are_exit_6_and_write_no_report() {
         assert!(!report.exists(), "no partial report file");
     }
 }
+
+/// Colour only on a terminal or when asked; without -v the unchecked rows are counted, not
+/// listed.
+#[test]
+fn colour_and_verbosity() {
+    if common::kvm().is_none() {
+        return;
+    }
+    let args = [
+        "probe",
+        "--backend",
+        "user",
+        "--catalog",
+        "--host-value",
+        "MSR_PPIN=0x1122334455667788",
+        "--host-value",
+        "MSR_AMD_PPIN=0x1122334455667788",
+    ];
+    let o = kvmcap(&args);
+    let plain = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{plain}");
+    assert!(!plain.contains('\x1b'), "a pipe gets no colour");
+    assert!(plain.contains("unchecked readings not shown"), "{plain}");
+    let o = kvmcap(&[&["-v"][..], &args].concat());
+    let verbose = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(verbose.lines().count() > plain.lines().count());
+    assert!(verbose.contains("unchecked ("));
+    let o = kvmcap(&[&["--color", "always"][..], &args].concat());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\x1b[32mPASS\x1b[0m"));
+}

@@ -416,6 +416,10 @@ pub fn run(cli: Cli) -> Result<bool, Failure> {
     if let Some(dir) = &cli.fixtures {
         fixtures::set_user_dir(dir.clone());
     }
+    crate::report::style::set(crate::report::style::Style {
+        color: crate::report::style::color_for_stdout(cli.color),
+        verbose: cli.verbose,
+    });
     let kvm = cli.kvm.as_path();
     match &cli.command {
         Command::Caps(o) => cmd_caps(kvm, o).map(|()| true),

@@ -13,6 +13,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::backend::Backend;
 use crate::features::Announce;
+use crate::report::style::ColorChoice;
 use crate::report::{Format, OutputOptions};
 use crate::vmm::error::{Limits, DEFAULT_MAX_VCPUS};
 
@@ -39,6 +40,19 @@ impl ValueEnum for Format {
             Self::Json => PossibleValue::new("json").help("the JSON document (docs/schema/)"),
             Self::Ktap => PossibleValue::new("ktap").help("KTAP v1, as kselftest prints it"),
         })
+    }
+}
+
+impl ValueEnum for ColorChoice {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Auto, Self::Always, Self::Never]
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(match self {
+            Self::Auto => "auto",
+            Self::Always => "always",
+            Self::Never => "never",
+        }))
     }
 }
 
@@ -72,6 +86,13 @@ pub struct Cli {
     /// found by name before the built-in ones.
     #[arg(long, global = true, value_name = "DIR", env = crate::fixtures::ENV)]
     pub fixtures: Option<PathBuf>,
+    /// Show every row of a table (without it: the checks that decided, every failure, and
+    /// a count of the rest).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Colour PASS and FAIL: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -6,6 +6,7 @@ use serde::Serialize;
 pub mod document;
 pub mod output;
 pub mod results;
+pub mod style;
 pub mod write;
 pub use document::{json, junit_of, render, Document, Format};
 pub use output::{emit, render_stdout, EmitError, OutputOptions};
@@ -148,7 +149,7 @@ impl Report {
     pub fn table(&self) -> String {
         let f = &self.fingerprint;
         let mut out = format!(
-            "kvmcap: guest {} on {} vCPU(s), feature {}, backend {}, guest CPU {:?}; host {} ({}), kernel {}\n",
+            "kvmcap: guest {} on {} vCPU(s), feature {}, backend {}, guest CPU {}; host {} ({}), kernel {}\n",
             f.guest,
             f.vcpus,
             f.feature.as_deref().unwrap_or("none"),
@@ -175,7 +176,19 @@ impl Report {
             "{:<4} {:<12} {:<24} {:<20} {:<30} VERDICT\n",
             "CPU", "MSR", "NAME", "GUEST", "HOST (SOURCE)"
         ));
+        let style = style::get();
+        let mut hidden = 0;
         for r in &self.readings {
+            // Without -v, readings nothing could be compared with are counted, not listed.
+            if !style.verbose && matches!(r.verdict, Verdict::Unchecked { .. }) {
+                hidden += 1;
+                continue;
+            }
+            let tone = match &r.verdict {
+                v if !v.ok() => style::Tone::Bad,
+                Verdict::Unchecked { .. } => style::Tone::Neutral,
+                _ => style::Tone::Good,
+            };
             let host = match &r.host {
                 Some(h) => format!("{} ({})", short(&h.reading), h.source),
                 None => "-".to_owned(),
@@ -187,7 +200,12 @@ impl Report {
                 r.name,
                 short(&r.guest),
                 host,
-                r.verdict.word()
+                style::paint(&r.verdict.word(), tone)
+            ));
+        }
+        if hidden > 0 {
+            out.push_str(&format!(
+                "({hidden} unchecked readings not shown: nothing to compare them with; -v shows every row)\n"
             ));
         }
         let hex = |v: Option<u64>| v.map_or("none".to_owned(), |v| format!("{v:#x}"));
@@ -197,7 +215,11 @@ impl Report {
                 k.cpu,
                 hex(k.seen),
                 hex(k.expected),
-                if k.ok { "match" } else { "MISMATCH" }
+                if k.ok {
+                    style::paint("match", style::Tone::Good)
+                } else {
+                    style::paint("MISMATCH", style::Tone::Bad)
+                }
             ));
         }
         for n in &self.notes {
@@ -205,7 +227,7 @@ impl Report {
         }
         for (cpu, e) in self.vcpus.iter().enumerate() {
             if !matches!(e, VcpuEnd::Done { .. }) {
-                out.push_str(&format!("vCPU {cpu} ended: {e:?}\n"));
+                out.push_str(&format!("vCPU {cpu} ended: {e}\n"));
             }
         }
         // The counts KTAP and JUnit give (a reading nothing could be compared with is skipped).
@@ -221,7 +243,7 @@ impl Report {
             });
         out.push_str(&format!(
             "{}: {} readings, {} passed, {} failed, {} skipped, {:.1} ms\n",
-            if self.ok() { "PASS" } else { "FAIL" },
+            style::pass_fail(self.ok()),
             self.readings.len(),
             c.pass,
             c.fail,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::features::model::RuleModel;
 use crate::features::FeatureSpec;
+use crate::report::style;
 use msr_probe::{Catalog, Reading};
 
 /// The case up to the differing step as a scenario whose expectations are the rules'.
@@ -88,7 +89,13 @@ impl Exploration {
             self.cases,
             self.checked
         );
-        for (i, s) in self.states.iter().enumerate() {
+        // The states themselves with -v.
+        for (i, s) in self
+            .states
+            .iter()
+            .enumerate()
+            .filter(|_| style::get().verbose)
+        {
             let v: Vec<String> = s.iter().map(|x| format!("{x:#x}")).collect();
             out.push_str(&format!("  state {i}: [{}]\n", v.join(", ")));
         }
@@ -129,7 +136,8 @@ impl Exploration {
                 unexplained - 5
             ));
         }
-        out.push_str(if self.pass { "PASS\n" } else { "FAIL\n" });
+        out.push_str(&style::pass_fail(self.pass));
+        out.push('\n');
         out
     }
 

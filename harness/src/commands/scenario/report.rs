@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::report::document::{Document, RunV1, ScenarioV1};
 use crate::report::results::{Case, Status, Suite};
+use crate::report::style::{self, paint, pass_fail, Tone};
 
 use crate::backend::Backend;
 use crate::features::Announce;
@@ -113,7 +114,11 @@ impl ScenarioReport {
                     s.expected,
                     s.model,
                     s.seen,
-                    if s.pass { "ok" } else { "FAIL" }
+                    if s.pass {
+                        paint("ok", Tone::Good)
+                    } else {
+                        paint("FAIL", Tone::Bad)
+                    }
                 ));
             }
             let ends: Vec<String> = c
@@ -135,7 +140,7 @@ impl ScenarioReport {
     /// The table people read.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "scenario {} (backend {}, pair {}, {} vCPU(s), guest CPU {:?})\n",
+            "scenario {} (backend {}, pair {}, {} vCPU(s), guest CPU {})\n",
             self.scenario, self.backend, self.pair, self.vcpus, self.guest_vendor
         );
         for c in &self.cases {
@@ -146,10 +151,18 @@ impl ScenarioReport {
             out.push_str(&format!(
                 "case {} [{}]  rules {}  ({})\n",
                 c.name,
-                if c.pass { "pass" } else { "FAIL" },
+                if c.pass {
+                    paint("pass", Tone::Good)
+                } else {
+                    paint("FAIL", Tone::Bad)
+                },
                 c.rules.join(", "),
                 c.negotiation.join("; ")
             ));
+            // Without -v a passing case is its line; a failing one shows every step.
+            if c.pass && !style::get().verbose {
+                continue;
+            }
             for s in &c.steps {
                 out.push_str(&format!(
                     "  cpu{} {:<36} expected {:<20} model {:<20} seen {:<20} {}\n",
@@ -158,17 +171,22 @@ impl ScenarioReport {
                     s.expected.to_string(),
                     s.model.to_string(),
                     s.seen.to_string(),
-                    if s.pass { "ok" } else { "FAIL" }
+                    if s.pass {
+                        paint("ok", Tone::Good)
+                    } else {
+                        paint("FAIL", Tone::Bad)
+                    }
                 ));
             }
-            let ends: Vec<String> = c.ends.iter().map(|e| format!("{e:?}")).collect();
+            let ends: Vec<String> = c.ends.iter().map(ToString::to_string).collect();
             out.push_str(&format!(
                 "  end: {} (expected {})\n",
                 ends.join(", "),
                 c.expect_end
             ));
         }
-        out.push_str(if self.pass { "PASS\n" } else { "FAIL\n" });
+        out.push_str(&pass_fail(self.pass));
+        out.push('\n');
         out
     }
 }
