@@ -9,9 +9,25 @@ use serde::{Deserialize, Serialize};
 ///
 /// Every API in kvmcap takes an `MsrIndex`, never a bare `u32`, so an MSR number cannot be
 /// confused with a CPU number, a capability or a value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// In JSON it is a hex string (`"0x4f"`); a number is accepted when reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MsrIndex(u32);
+
+impl Serialize for MsrIndex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for MsrIndex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = crate::hex::u64_hex::deserialize(d)?;
+        u32::try_from(v)
+            .map(Self)
+            .map_err(|_| serde::de::Error::custom(format!("{v:#x} is not a 32-bit MSR index")))
+    }
+}
 
 impl MsrIndex {
     /// Wraps a raw index.

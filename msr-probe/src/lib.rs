@@ -12,6 +12,7 @@ mod catalog_raw;
 pub mod cli;
 pub mod format;
 pub mod frame;
+pub mod hex;
 pub mod index;
 pub mod init;
 pub mod reader;

@@ -63,8 +63,8 @@ impl fmt::Display for Unavailable {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reading {
-    /// The MSR's value.
-    Value(u64),
+    /// The MSR's value (JSON: a hex string).
+    Value(#[serde(with = "crate::hex::u64_hex")] u64),
     /// The CPU raised a fault (through `/dev/cpu/N/msr` this is `EIO`).
     Fault(Fault),
     /// The read could not be attempted.
@@ -402,7 +402,11 @@ pub(crate) mod tests {
     #[test]
     fn readings_serialize_as_the_report_schema() {
         let j = |r: &Reading| serde_json::to_string(r).unwrap();
-        assert_eq!(j(&Reading::Value(5)), r#"{"value":5}"#);
+        assert_eq!(j(&Reading::Value(5)), r#"{"value":"0x5"}"#);
+        assert_eq!(
+            serde_json::from_str::<Reading>(r#"{"value":"0x1122334455667788"}"#).unwrap(),
+            Reading::Value(0x1122_3344_5566_7788)
+        );
         assert_eq!(j(&Reading::Fault(Fault::Gp)), r#"{"fault":"GP"}"#);
         assert_eq!(
             j(&Reading::Unavailable(Unavailable::NoDriver)),

@@ -90,7 +90,8 @@ pub struct CpuReadings {
     pub cpu: u32,
     /// The readings, in request order.
     pub readings: Vec<MsrReading>,
-    /// The kernel's `topology/ppin` for this CPU, if it shows one.
+    /// The kernel's `topology/ppin` for this CPU, if it shows one (JSON: a hex string).
+    #[serde(with = "crate::hex::opt_u64_hex", default)]
     pub sysfs_ppin: Option<u64>,
 }
 

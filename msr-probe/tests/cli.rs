@@ -156,7 +156,7 @@ fn a_fifo_is_written_through() {
     let doc: serde_json::Value = serde_json::from_str(&reader.join().unwrap()).unwrap();
     assert_eq!(
         doc["cpus"][0]["readings"][0]["reading"]["value"],
-        0x1122_3344_5566_7788u64
+        "0x1122334455667788"
     );
     assert!(std::fs::symlink_metadata(&fifo)
         .unwrap()
