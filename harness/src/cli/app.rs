@@ -416,9 +416,11 @@ pub fn run(cli: Cli) -> Result<bool, Failure> {
     if let Some(dir) = &cli.fixtures {
         fixtures::set_user_dir(dir.clone());
     }
+    // The lab's console is a terminal, but what lab-init prints is read by xtask: no colour.
+    let lab = matches!(cli.command, Command::LabInit);
     crate::report::style::set(crate::report::style::Style {
-        color: crate::report::style::color_for_stdout(cli.color),
-        verbose: cli.verbose,
+        color: !lab && crate::report::style::color_for_stdout(cli.color),
+        verbose: lab || cli.verbose,
     });
     let kvm = cli.kvm.as_path();
     match &cli.command {

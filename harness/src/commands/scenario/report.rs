@@ -114,11 +114,7 @@ impl ScenarioReport {
                     s.expected,
                     s.model,
                     s.seen,
-                    if s.pass {
-                        paint("ok", Tone::Good)
-                    } else {
-                        paint("FAIL", Tone::Bad)
-                    }
+                    if s.pass { "ok" } else { "FAIL" }
                 ));
             }
             let ends: Vec<String> = c
