@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use xtask::kernel::Kernel;
 use xtask::{
-    check, codegen, conformance, initramfs, kernel, lab, patches, pbv, pipeline, static_build,
-    XtaskError,
+    check, codegen, conformance, initramfs, kbuild, kernel, lab, patches, pbv, pipeline,
+    static_build, XtaskError,
 };
 
 mod fuzz;
@@ -54,6 +54,10 @@ USAGE:
                                         letter listing the last patch-boot-verify runs, RFC
                                         (the lab is emulated); checkpatch --strict and
                                         get_maintainer.pl output in checks.txt
+    cargo xtask patch export --check    the exported series (into target/kvmcap/export-check/)
+                                        applied with plain git am (no fuzz) onto a pristine git
+                                        tree of the 7.2 source (target/kernel/git-newest/, made
+                                        once) and built as patch check builds (KVM_WERROR=y)
     cargo xtask codegen                 bindgen the series' uAPI constants into
                                         harness/src/kvm/ppin_uapi.rs (needs libclang-dev)
     cargo xtask lab [--scenario NAME ...] [--job KIND:SUBJECT:BACKEND:VCPUS ...]
@@ -101,6 +105,7 @@ struct Args {
     positional: Vec<String>,
     kernels: Vec<Kernel>,
     as_is: bool,
+    check: bool,
     to: Option<PathBuf>,
     kernel_tree: Option<PathBuf>,
     scenarios: Vec<String>,
@@ -118,6 +123,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         positional: Vec::new(),
         kernels: vec![Kernel::Newest],
         as_is: false,
+        check: false,
         to: None,
         kernel_tree: None,
         scenarios: Vec::new(),
@@ -141,6 +147,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
             "--kernel" => a.kernels = Kernel::parse_list(&value("--kernel")?)?,
             "--bless" => a.bless = true,
             "--as-is" => a.as_is = true,
+            "--check" => a.check = true,
             "--to" => a.to = Some(value("--to")?.into()),
             "--quick" => a.quick = true,
             "--no-edit-loop" => a.no_edit_loop = true,
@@ -292,7 +299,7 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
         ["kernel", "build"] => {
             for &k in &a.kernels {
                 let tree = pipeline::source_tree(k, a.source()?)?;
-                println!("{}", kernel::build(&tree, "")?.bzimage.display());
+                println!("{}", kbuild::build(&tree)?.bzimage.display());
             }
             Ok(true)
         }
@@ -305,7 +312,7 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
                 problem: e.to_string(),
             })?;
             print!("{md}");
-            xtask::mutants::update_benchmarks()?;
+            xtask::bench_report::update_mutation_score()?;
             eprintln!(
                 "xtask: wrote {} and the score in BENCHMARKS.md",
                 path.display()
@@ -346,6 +353,12 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
             }
             print!("{}", check::table(&results));
             Ok(results.iter().all(|r| r.pass))
+        }
+        ["patch", "export"] if a.check => {
+            let base = kernel::fetch(Kernel::Newest, None)?;
+            let rows = xtask::export_check::run(&base)?;
+            print!("{}", check::table(&rows));
+            Ok(rows.iter().all(|r| r.pass))
         }
         ["patch", "export"] => {
             let to =

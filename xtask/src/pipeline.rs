@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::kernel::{self, Built, Kernel, SourceTree};
+use crate::kbuild::{self, Built};
+use crate::kernel::{self, Kernel, SourceTree};
 use crate::{initramfs, lab, patches, pbv, selftest, tree, XtaskError};
 
 /// Everything a lab boot needs.
@@ -22,7 +23,8 @@ pub struct Artifacts {
 
 impl Artifacts {
     /// The lab as every xtask command boots it: 2 CPUs (one per socket: without ACPI the lab
-    /// kernel finds one CPU per socket), 1 GiB, a 15-minute deadline, `jobs` inside.
+    /// kernel finds one CPU per socket), 1 GiB, a 15-minute deadline, `jobs` inside, shared
+    /// out over one lab QEMU per host CPU (at most 4): a job keeps about one host CPU busy.
     pub fn lab_options(&self, jobs: Vec<String>, console_log: PathBuf) -> lab::LabOptions {
         lab::LabOptions {
             kernel: self.built.bzimage.clone(),
@@ -32,6 +34,7 @@ impl Artifacts {
             mem_mib: 1024,
             deadline: std::time::Duration::from_secs(900),
             console_log,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 }
@@ -79,7 +82,7 @@ pub fn prepare_kernel(kernel: Kernel, source: Source<'_>) -> Result<Artifacts, X
     let t = std::time::Instant::now();
     let tree = source_tree(kernel, source)?;
     let t_tree = t.elapsed();
-    let built = kernel::build(&tree, "")?;
+    let built = kbuild::build(&tree)?;
     eprintln!(
         "xtask: kernel {} ({}{}; source and series {:.1} s, build {:.1} s)",
         built.bzimage.display(),
