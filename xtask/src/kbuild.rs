@@ -87,7 +87,7 @@ pub fn build(tree: &SourceTree) -> Result<Built, XtaskError> {
         c
     };
     let started = SystemTime::now();
-    // Nothing in the source tree changed since the last build started: make has nothing to do
+    // No file of the source tree changed since the last build started: make has nothing to do
     // (its walk of the tree alone takes seconds).
     let built_at = std::fs::metadata(&stamp).and_then(|m| m.modified()).ok();
     if let Some(at) = built_at {
@@ -194,11 +194,13 @@ pub fn build(tree: &SourceTree) -> Result<Built, XtaskError> {
     })
 }
 
-/// The newest modification time of any file or folder under `dir` (a folder's time moves when
-/// an entry is added, removed or renamed), `.git` left out; `None` if `dir` cannot be read.
+/// The newest modification time of any file under `dir` (`.git` left out), as make sees the
+/// tree: files only (a folder's time also moves when a build writes and removes a temporary
+/// file in it, as the selftests' build does). `None` if `dir` cannot be read.
 pub fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = std::fs::symlink_metadata(dir).ok()?.modified().ok()?;
+    let mut newest = None;
     let mut stack = vec![dir.to_path_buf()];
+    std::fs::read_dir(dir).ok()?;
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
@@ -208,15 +210,14 @@ pub fn newest_mtime(dir: &Path) -> Option<SystemTime> {
                 continue;
             }
             let Ok(m) = e.metadata() else { continue };
-            if let Ok(t) = m.modified() {
-                newest = newest.max(t);
-            }
             if m.is_dir() {
                 stack.push(e.path());
+            } else if let Ok(t) = m.modified() {
+                newest = Some(newest.map_or(t, |n: SystemTime| n.max(t)));
             }
         }
     }
-    Some(newest)
+    newest.or(Some(SystemTime::UNIX_EPOCH))
 }
 
 #[cfg(test)]
@@ -224,16 +225,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_newest_time_sees_changed_files_and_removed_entries() {
+    fn the_newest_time_is_the_newest_file_s() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("a/b")).unwrap();
         std::fs::write(d.path().join("a/b/f.c"), "x").unwrap();
         std::fs::write(d.path().join("a/g.c"), "x").unwrap();
         let t0 = newest_mtime(d.path()).unwrap();
-        // A removed file moves its folder's time.
+        // A temporary file made and removed: the folder's time moves, the tree's does not.
         std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::remove_file(d.path().join("a/g.c")).unwrap();
-        assert!(newest_mtime(d.path()).unwrap() > t0);
+        std::fs::write(d.path().join("a/tmp"), "x").unwrap();
+        std::fs::remove_file(d.path().join("a/tmp")).unwrap();
+        assert_eq!(newest_mtime(d.path()), Some(t0));
         // A changed file's time.
         let later = SystemTime::now() + std::time::Duration::from_secs(10);
         let f = std::fs::File::options()

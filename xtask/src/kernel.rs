@@ -104,6 +104,8 @@ pub const BUILD_PACKAGES: &[&str] = &[
     "libssl-dev",
     "cpio",
     "xz-utils",
+    // The lab kernel is LZ4-compressed (fixtures/kernel/kvmcap.config).
+    "lz4",
 ];
 
 /// A kernel source tree ready to configure.

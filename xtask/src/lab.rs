@@ -244,7 +244,7 @@ pub fn run(o: &LabOptions) -> Result<LabRun, XtaskError> {
 fn run_one(o: &LabOptions) -> Result<LabRun, XtaskError> {
     let qemu = qemu()?;
     let append = format!(
-        "console=ttyS0 tsc_early_khz={} tsc=reliable reboot=t panic=-1 loglevel=1 8250.nr_uarts=1 KVMCAP_LAB_JOBS={} KVMCAP_LAB_HOST={}",
+        "console=ttyS0 tsc_early_khz={} tsc=reliable reboot=t panic=-1 loglevel=1 8250.nr_uarts=1 i8042.noaux i8042.nokbd KVMCAP_LAB_JOBS={} KVMCAP_LAB_HOST={}",
         host_tsc_khz(),
         o.jobs.join(","),
         LAB_PPIN

@@ -66,6 +66,8 @@ USAGE:
                                         the lab under qemu-system-x86_64 -accel tcg -cpu max,
                                         run the jobs inside, print the verdicts (reports and
                                         the console log under target/kvmcap/lab/)
+    --labs N                            how many lab QEMUs share the lab and patch-boot-verify
+                                        jobs out (default: one per host CPU, at most 4)
     cargo xtask patch-boot-verify [--kernel K] [--kernel-tree DIR] [--bless]
                                         the whole loop: patch, build, boot the lab, run the
                                         series' selftest and every PPIN scenario and Linux-guest
@@ -116,6 +118,7 @@ struct Args {
     json: Option<PathBuf>,
     jobs: Vec<String>,
     seconds: Option<u64>,
+    labs: Option<usize>,
 }
 
 fn parse(args: &[String]) -> Result<Args, XtaskError> {
@@ -134,6 +137,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         json: None,
         jobs: Vec::new(),
         seconds: None,
+        labs: None,
     };
     let mut it = args.iter();
     while let Some(x) = it.next() {
@@ -155,6 +159,17 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
             "--json" => a.json = Some(value("--json")?.into()),
             "--scenario" => a.scenarios.push(value("--scenario")?),
             "--job" => a.jobs.push(value("--job")?),
+            "--labs" => {
+                let v = value("--labs")?;
+                a.labs = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&n| (1..=8).contains(&n))
+                        .ok_or_else(|| {
+                            XtaskError::Usage(format!("--labs `{v}`: a whole number from 1 to 8"))
+                        })?,
+                )
+            }
             "--seconds" => {
                 let v = value("--seconds")?;
                 a.seconds = Some(v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
@@ -220,8 +235,11 @@ fn cmd_lab(a: &Args) -> Result<bool, XtaskError> {
     for &k in &a.kernels {
         let art = pipeline::prepare_kernel(k, a.source()?)?;
         let out = initramfs::out_dir().join("lab").join(k.id());
-        let run = lab::run(&art.lab_options(jobs.clone(), out.join("console.log")))?;
+        let mut opts = art.lab_options(jobs.clone(), out.join("console.log"));
+        opts.shards = a.labs.unwrap_or(opts.shards);
+        let run = lab::run(&opts)?;
         lab::save_reports(&run, &out)?;
+        eprintln!("{}", pipeline::time_line(&art, &run));
         if a.kernels.len() > 1 {
             println!("kernel {} ({})", k.label(), art.tree.version);
         }
@@ -236,9 +254,12 @@ fn cmd_pbv(a: &Args) -> Result<bool, XtaskError> {
     for &k in &a.kernels {
         let art = pipeline::prepare_kernel(k, a.source()?)?;
         let out = initramfs::out_dir().join("pbv").join(k.id());
-        let run = lab::run(&art.lab_options(pbv::jobs(), out.join("console.log")))?;
+        let mut opts = art.lab_options(pbv::jobs(), out.join("console.log"));
+        opts.shards = a.labs.unwrap_or(opts.shards);
+        let run = lab::run(&opts)?;
         lab::save_reports(&run, &out)?;
         print!("{}", run.table());
+        eprintln!("{}", pipeline::time_line(&art, &run));
         let checks = pbv::check(&run, a.bless)?;
         // What the export's cover letter says was tested.
         let totals = run

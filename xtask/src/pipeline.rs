@@ -19,6 +19,8 @@ pub struct Artifacts {
     pub selftests: Vec<PathBuf>,
     /// The lab initramfs.
     pub initramfs: PathBuf,
+    /// Where the preparation's time went: (step, seconds), in order.
+    pub times: Vec<(&'static str, f64)>,
 }
 
 impl Artifacts {
@@ -37,6 +39,32 @@ impl Artifacts {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
+}
+
+/// Where the time of a run went: the preparation's steps, then the lab's, in one line.
+pub fn time_line(art: &Artifacts, lab: &lab::LabRun) -> String {
+    let mut parts: Vec<String> = art
+        .times
+        .iter()
+        .map(|(what, s)| format!("{what} {s:.1} s"))
+        .collect();
+    parts.push(format!(
+        "lab {:.1} s ({} jobs in {} lab{})",
+        lab.elapsed.as_secs_f64(),
+        lab.jobs.len(),
+        lab.shards,
+        if lab.shards == 1 { "" } else { "s in parallel" }
+    ));
+    format!(
+        "xtask: {} {}: {}",
+        art.kernel.label(),
+        if art.built.cached {
+            "(kernel up to date)"
+        } else {
+            "(kernel rebuilt)"
+        },
+        parts.join(", ")
+    )
 }
 
 /// Where a kernel's source comes from.
@@ -79,19 +107,22 @@ pub fn prepare_kernel(kernel: Kernel, source: Source<'_>) -> Result<Artifacts, X
         // As root this installs QEMU; otherwise it names the apt-get command.
         kernel::ensure_packages(&["qemu-system-x86"])?;
     }
-    let t = std::time::Instant::now();
+    let mut times = Vec::new();
+    let mut t = std::time::Instant::now();
+    let mut lap = |what: &'static str, times: &mut Vec<(&'static str, f64)>| {
+        times.push((what, t.elapsed().as_secs_f64()));
+        t = std::time::Instant::now();
+    };
     let tree = source_tree(kernel, source)?;
-    let t_tree = t.elapsed();
+    lap("source and series", &mut times);
     let built = kbuild::build(&tree)?;
+    lap("kernel build", &mut times);
     eprintln!(
-        "xtask: kernel {} ({}{}; source and series {:.1} s, build {:.1} s)",
+        "xtask: kernel {} ({}{})",
         built.bzimage.display(),
         tree.version,
         if built.cached { ", up to date" } else { "" },
-        t_tree.as_secs_f64(),
-        (t.elapsed() - t_tree).as_secs_f64()
     );
-    let t = std::time::Instant::now();
     let mut selftests = Vec::new();
     if let Some(subdir) = selftest::subdir(kernel, &tree.dir, pbv::SELFTEST) {
         selftests.push(selftest::build(
@@ -102,18 +133,15 @@ pub fn prepare_kernel(kernel: Kernel, source: Source<'_>) -> Result<Artifacts, X
             pbv::SELFTEST,
         )?);
     }
-    let t_selftest = t.elapsed();
+    lap("selftest", &mut times);
     let initramfs = initramfs::lab(&built.bzimage, &selftests)?;
-    eprintln!(
-        "xtask: selftest {:.1} s, lab initramfs {:.1} s",
-        t_selftest.as_secs_f64(),
-        (t.elapsed() - t_selftest).as_secs_f64()
-    );
+    lap("lab initramfs", &mut times);
     Ok(Artifacts {
         kernel,
         tree,
         built,
         selftests,
         initramfs,
+        times,
     })
 }
