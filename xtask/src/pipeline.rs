@@ -145,3 +145,38 @@ pub fn prepare_kernel(kernel: Kernel, source: Source<'_>) -> Result<Artifacts, X
         times,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_line_names_every_step_and_the_labs() {
+        let art = Artifacts {
+            kernel: Kernel::Newest,
+            tree: SourceTree {
+                dir: "t".into(),
+                version: "v".into(),
+            },
+            built: Built {
+                bzimage: "b".into(),
+                build_dir: "d".into(),
+                cached: true,
+                key: "k".into(),
+            },
+            selftests: Vec::new(),
+            initramfs: "i".into(),
+            times: vec![("kernel build", 0.46), ("selftest", 0.4)],
+        };
+        let run = lab::LabRun {
+            jobs: vec![Err("x".into()), Err("y".into())],
+            elapsed: std::time::Duration::from_millis(31_250),
+            console_log: "c".into(),
+            shards: 2,
+        };
+        assert_eq!(
+            time_line(&art, &run),
+            "xtask: 7.2 (kernel up to date): kernel build 0.5 s, selftest 0.4 s, lab 31.2 s (2 jobs in 2 labs in parallel)"
+        );
+    }
+}
