@@ -65,7 +65,8 @@ pub fn pristine_git(kernel: Kernel, base: &SourceTree) -> Result<PathBuf, XtaskE
         });
     }
     git_ok(&dir, &["init", "-q", "-b", "pristine"])?;
-    git_ok(&dir, &["add", "-A"])?;
+    // -f: Debian's .gitignore ignores everything at the top level (its packaging's idiom).
+    git_ok(&dir, &["add", "-A", "-f"])?;
     git_ok(
         &dir,
         &[
