@@ -4,12 +4,9 @@
 //! access through the `kernel` and `user` backends (the patched KVM serves PPIN itself, or
 //! exits to kvmcap's model), timed in the guest.
 
-use crate::bench::{stats, Bench, Stats};
 use crate::lab::{self, JobOutcome};
+use crate::measure::{stats, Bench, Stats};
 use crate::{initramfs, pipeline, target_dir, XtaskError};
-
-/// Where QEMU sits in the bench lab image (the path `kvmcap lab-init` runs).
-pub const LAB_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
 /// The jobs: `pairs` kvmcap and QEMU boots, interleaved, then the timed reads.
 pub fn jobs(pairs: usize) -> Vec<String> {
@@ -100,6 +97,8 @@ pub fn lab_benches(quick: bool) -> Result<Vec<Bench>, XtaskError> {
     let out = target_dir().join("kvmcap/bench/lab");
     let mut opts = art.lab_options(jobs(pairs), out.join("console.log"));
     opts.initramfs = image;
+    // One lab: the kvmcap and QEMU boots interleave, so the machine's load moves both.
+    opts.shards = 1;
     let run = lab::run(&opts)?;
     lab::save_reports(&run, &out)?;
     let outcomes: Vec<JobOutcome> = run.jobs.iter().flatten().cloned().collect();

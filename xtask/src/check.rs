@@ -97,6 +97,49 @@ fn make(tree: &Path, build: &Path, args: &[&str], what: &str) -> Result<(), Stri
     Err(format!("{what} failed ({}){}", out.status, tail(&text, 15)))
 }
 
+/// Builds what the files `touched` need in `tree` (configured into `build`): a row per make
+/// target and selftest, for the kernel `label` after `patch`.
+pub fn build_touched(
+    label: &str,
+    patch: &str,
+    tree: &SourceTree,
+    build: &Path,
+    touched: &[String],
+    selftests: &Path,
+) -> Vec<Row> {
+    let (dirs, tests) = targets(touched);
+    let jobs = format!(
+        "-j{}",
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    );
+    let mut rows = Vec::new();
+    for d in dirs {
+        let t = Instant::now();
+        let r = make(&tree.dir, build, &[&jobs, &d], &format!("make {d}"));
+        rows.push(Row {
+            kernel: label.into(),
+            patch: patch.into(),
+            what: format!("{d} (KVM=m KVM_INTEL=m KVM_AMD=m KVM_WERROR=y)"),
+            pass: r.is_ok(),
+            seconds: t.elapsed().as_secs_f64(),
+            detail: r.err().unwrap_or_default(),
+        });
+    }
+    for (subdir, name) in tests {
+        let t = Instant::now();
+        let r = selftest::build_into(tree, build, &subdir, &name, selftests);
+        rows.push(Row {
+            kernel: label.into(),
+            patch: patch.into(),
+            what: format!("selftest {subdir}/{name} (static)"),
+            pass: r.is_ok(),
+            seconds: t.elapsed().as_secs_f64(),
+            detail: r.err().map(|e| e.to_string()).unwrap_or_default(),
+        });
+    }
+    rows
+}
+
 /// Checks `kernel`'s series against `pristine`, patch by patch.
 pub fn run(kernel: Kernel, pristine: &SourceTree) -> Result<Vec<Row>, XtaskError> {
     crate::kernel::ensure_packages(crate::kernel::BUILD_PACKAGES)?;
@@ -115,36 +158,15 @@ pub fn run(kernel: Kernel, pristine: &SourceTree) -> Result<Vec<Row>, XtaskError
             path: list[n - 1].clone(),
             problem: e.to_string(),
         })?;
-        let (dirs, tests) = targets(&patches::touched_files(&text));
         let patch = file_name(&list[n - 1]);
-        let jobs = format!(
-            "-j{}",
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        );
-        for d in dirs {
-            let t = Instant::now();
-            let r = make(&tree.dir, &build, &[&jobs, &d], &format!("make {d}"));
-            rows.push(Row {
-                kernel: kernel.label().into(),
-                patch: patch.clone(),
-                what: format!("{d} (KVM=m KVM_INTEL=m KVM_AMD=m KVM_WERROR=y)"),
-                pass: r.is_ok(),
-                seconds: t.elapsed().as_secs_f64(),
-                detail: r.err().unwrap_or_default(),
-            });
-        }
-        for (subdir, name) in tests {
-            let t = Instant::now();
-            let r = selftest::build_into(&tree, &build, &subdir, &name, &root.join("selftests"));
-            rows.push(Row {
-                kernel: kernel.label().into(),
-                patch: patch.clone(),
-                what: format!("selftest {subdir}/{name} (static)"),
-                pass: r.is_ok(),
-                seconds: t.elapsed().as_secs_f64(),
-                detail: r.err().map(|e| e.to_string()).unwrap_or_default(),
-            });
-        }
+        rows.extend(build_touched(
+            kernel.label(),
+            &patch,
+            &tree,
+            &build,
+            &patches::touched_files(&text),
+            &root.join("selftests"),
+        ));
     }
     Ok(rows)
 }
@@ -155,7 +177,8 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn configure(tree: &Path, build: &Path) -> Result<(), XtaskError> {
+/// Configures `build` for `tree`: `x86_64_defconfig` plus [`CONFIG`], each symbol checked.
+pub fn configure(tree: &Path, build: &Path) -> Result<(), XtaskError> {
     std::fs::create_dir_all(build).map_err(|e| XtaskError::Output {
         path: build.to_owned(),
         problem: e.to_string(),
@@ -228,7 +251,7 @@ pub fn table(rows: &[Row]) -> String {
     }
     let failed = rows.iter().filter(|r| !r.pass).count();
     out.push_str(&format!(
-        "{}: {} builds, {failed} failed (trees and builds in {}/check-KERNEL/)\n",
+        "{}: {} builds, {failed} failed (trees and builds under {}/)\n",
         if failed == 0 { "GREEN" } else { "RED" },
         rows.len(),
         target_dir().join("kernel").display()

@@ -93,6 +93,23 @@ pub fn tested() -> String {
 /// Writes the posting form of the main line into `to`; returns the files written.
 pub fn run(base: &SourceTree, to: &Path) -> Result<Vec<PathBuf>, XtaskError> {
     let who = identity()?;
+    let (mut written, cap) = write_series(base, to, &who)?;
+    checks(base, &written, to)?;
+    eprintln!(
+        "xtask: KVM_CAP_PPIN = {cap} (the next free number of {}), signed off by {who}",
+        base.dir.join("include/uapi/linux/kvm.h").display()
+    );
+    written.push(to.join("checks.txt"));
+    Ok(written)
+}
+
+/// Writes the cover letter and the patches of the main line, signed off by `who`, into `to`;
+/// returns the files (cover letter first) and the capability number they give.
+pub fn write_series(
+    base: &SourceTree,
+    to: &Path,
+    who: &str,
+) -> Result<(Vec<PathBuf>, u32), XtaskError> {
     let uapi_path = base.dir.join("include/uapi/linux/kvm.h");
     let uapi = std::fs::read_to_string(&uapi_path).map_err(|e| XtaskError::Output {
         path: uapi_path.clone(),
@@ -115,7 +132,7 @@ pub fn run(base: &SourceTree, to: &Path) -> Result<Vec<PathBuf>, XtaskError> {
             path: f.clone(),
             problem: e.to_string(),
         })?;
-        let mut text = rewrite(&text, &who, cap);
+        let mut text = rewrite(&text, who, cap);
         if f.ends_with("0000-cover-letter.patch") {
             let tested = format!(
                 "Runs behind this posting (cargo xtask patch-boot-verify; QEMU TCG\n\
@@ -129,13 +146,15 @@ pub fn run(base: &SourceTree, to: &Path) -> Result<Vec<PathBuf>, XtaskError> {
         }
         let name = f.file_name().map(PathBuf::from).unwrap_or_default();
         let out = to.join(name);
-        std::fs::write(&out, text).map_err(|e| XtaskError::Output {
-            path: out.clone(),
-            problem: e.to_string(),
-        })?;
+        crate::write_atomic(&out, text.as_bytes())?;
         written.push(out);
     }
-    // checkpatch and get_maintainer, from the top of the base tree.
+    Ok((written, cap))
+}
+
+/// `checkpatch.pl --strict` and `get_maintainer.pl` on the patches (not the cover letter),
+/// from the top of the base tree, into `to/checks.txt`.
+fn checks(base: &SourceTree, written: &[PathBuf], to: &Path) -> Result<(), XtaskError> {
     let mut report = String::new();
     for p in written.iter().skip(1) {
         for (tool, args) in [
@@ -164,17 +183,9 @@ pub fn run(base: &SourceTree, to: &Path) -> Result<Vec<PathBuf>, XtaskError> {
         }
     }
     let r = to.join("checks.txt");
-    std::fs::write(&r, &report).map_err(|e| XtaskError::Output {
-        path: r.clone(),
-        problem: e.to_string(),
-    })?;
+    crate::write_atomic(&r, report.as_bytes())?;
     eprint!("{report}");
-    eprintln!(
-        "xtask: KVM_CAP_PPIN = {cap} (the next free number of {}), signed off by {who}",
-        uapi_path.display()
-    );
-    written.push(r);
-    Ok(written)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,29 +5,13 @@ use std::path::{Path, PathBuf};
 
 use guest_tools::cpio::Builder;
 
-use crate::{static_build, target_dir, workspace_root, XtaskError};
+use crate::{lab, static_build, target_dir, workspace_root, write_atomic, XtaskError};
 
 fn read(path: &Path) -> Result<Vec<u8>, XtaskError> {
     std::fs::read(path).map_err(|e| XtaskError::Output {
         path: path.to_owned(),
         problem: format!("cannot read: {e}"),
     })
-}
-
-fn write(path: &Path, bytes: &[u8]) -> Result<(), XtaskError> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| XtaskError::Output {
-            path: d.to_owned(),
-            problem: e.to_string(),
-        })?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| XtaskError::Output {
-            path: path.to_owned(),
-            problem: e.to_string(),
-        })
 }
 
 fn cpio_err(e: guest_tools::cpio::CpioError) -> XtaskError {
@@ -58,7 +42,7 @@ pub fn guest() -> Result<PathBuf, XtaskError> {
     let mut b = base();
     b.file("init", 0o755, read(&probe)?);
     let path = out_dir().join("guest-initramfs.cpio");
-    write(&path, &b.finish().map_err(cpio_err)?)?;
+    write_atomic(&path, &b.finish().map_err(cpio_err)?)?;
     Ok(path)
 }
 
@@ -67,7 +51,7 @@ pub fn guest() -> Result<PathBuf, XtaskError> {
 pub fn lab(guest_kernel: &Path, selftests: &[PathBuf]) -> Result<PathBuf, XtaskError> {
     let b = lab_builder(guest_kernel, selftests)?;
     let path = out_dir().join("lab-initramfs.cpio");
-    write(&path, &b.finish().map_err(cpio_err)?)?;
+    write_atomic(&path, &b.finish().map_err(cpio_err)?)?;
     Ok(path)
 }
 
@@ -137,12 +121,7 @@ pub fn bench_lab(
         }
         b.file(&rel, perm, data);
     };
-    add(
-        &mut b,
-        Path::new(crate::bench_lab::LAB_QEMU),
-        read(qemu)?,
-        0o755,
-    );
+    add(&mut b, Path::new(lab::LAB_QEMU), read(qemu)?, 0o755);
     for so in shared_objects(qemu)? {
         add(&mut b, &so, read(&so)?, 0o755);
     }
@@ -151,7 +130,7 @@ pub fn bench_lab(
         add(&mut b, &share.join(f), read(&share.join(f))?, 0o644);
     }
     let path = out_dir().join("bench-lab-initramfs.cpio");
-    write(&path, &b.finish().map_err(cpio_err)?)?;
+    write_atomic(&path, &b.finish().map_err(cpio_err)?)?;
     Ok(path)
 }
 

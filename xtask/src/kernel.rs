@@ -1,15 +1,13 @@
-//! `cargo xtask kernel fetch|build`: the kernel sources the series is made for, built from
-//! `tinyconfig` plus `fixtures/kernel/kvmcap.config`, cached under `target/kernel/` by source
-//! version, fragment hash and patch-series hash, with a progress bar.
+//! `cargo xtask kernel fetch`: the kernel sources the series is made for (the build is in
+//! [`crate::kbuild`]).
 //!
 //! Two kernels (see `kernel-patches/README.md`): `newest`, the main line, is Debian's newest
 //! kernel release, fetched through a private apt tree under `target/kernel/apt/` (the system's
 //! apt configuration is never changed); `6.12`, the stable backport, is Debian stable's
 //! `linux-source-6.12` package.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::{target_dir, workspace_root, XtaskError};
 
@@ -106,6 +104,8 @@ pub const BUILD_PACKAGES: &[&str] = &[
     "libssl-dev",
     "cpio",
     "xz-utils",
+    // The lab kernel is LZ4-compressed (fixtures/kernel/kvmcap.config).
+    "lz4",
 ];
 
 /// A kernel source tree ready to configure.
@@ -131,7 +131,8 @@ pub fn fnv64(parts: &[&[u8]]) -> u64 {
     h
 }
 
-fn run_quiet(cmd: &mut Command, what: &str) -> Result<String, XtaskError> {
+/// Runs `cmd`, capturing its output; a failure is an error with the output's end.
+pub fn run_quiet(cmd: &mut Command, what: &str) -> Result<String, XtaskError> {
     let out = cmd.output().map_err(|source| XtaskError::Spawn {
         tool: what.to_owned(),
         source,
@@ -381,157 +382,6 @@ fn fetch_newest_tarball() -> Result<PathBuf, XtaskError> {
         });
     }
     Ok(tarball)
-}
-
-/// A built kernel.
-#[derive(Clone, Debug)]
-pub struct Built {
-    /// The bzImage.
-    pub bzimage: PathBuf,
-    /// The build output directory (incremental rebuilds reuse it).
-    pub build_dir: PathBuf,
-    /// Whether the cache answered without running make.
-    pub cached: bool,
-    /// The cache key.
-    pub key: String,
-}
-
-/// The config fragment applied on top of tinyconfig.
-pub fn fragment_path() -> PathBuf {
-    workspace_root().join("fixtures/kernel/kvmcap.config")
-}
-
-fn progress(done: usize, total: usize, what: &str, tty: bool, last_pct: &mut usize) {
-    let pct = (done * 100 / total.max(1)).min(99);
-    if tty {
-        let width = 30;
-        let filled = pct * width / 100;
-        eprint!(
-            "\r[{}{}] {:>3}% {:<50.50}",
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            pct,
-            what
-        );
-        let _ = std::io::stderr().flush();
-    } else if pct >= *last_pct + 10 {
-        *last_pct = pct / 10 * 10;
-        eprintln!("xtask: kernel build {}%", *last_pct);
-    }
-}
-
-/// Configures and builds `tree` with the fragment into a build dir keyed by `extra_key`
-/// (the patch series' hash, or empty). Make's own dependency tracking keeps rebuilds
-/// incremental; a finished build with an unchanged key and tree is answered from the cache.
-pub fn build(tree: &SourceTree, extra_key: &str) -> Result<Built, XtaskError> {
-    ensure_packages(BUILD_PACKAGES)?;
-    let fragment = std::fs::read(fragment_path()).map_err(|e| XtaskError::Output {
-        path: fragment_path(),
-        problem: e.to_string(),
-    })?;
-    let key = format!(
-        "{:016x}",
-        fnv64(&[tree.version.as_bytes(), &fragment, extra_key.as_bytes()])
-    );
-    let build_dir = target_dir().join("kernel").join(format!("build-{key}"));
-    let bzimage = build_dir.join("arch/x86/boot/bzImage");
-    let stamp = build_dir.join(".kvmcap-built");
-    std::fs::create_dir_all(&build_dir).map_err(|e| XtaskError::Output {
-        path: build_dir.clone(),
-        problem: e.to_string(),
-    })?;
-    let make = |args: &[&str]| {
-        let mut c = Command::new("make");
-        c.arg("-C")
-            .arg(&tree.dir)
-            .arg(format!("O={}", build_dir.display()))
-            .args(args);
-        c
-    };
-    if !build_dir.join(".config").exists() || !stamp.exists() {
-        run_quiet(&mut make(&["tinyconfig"]), "make tinyconfig")?;
-        run_quiet(
-            Command::new(tree.dir.join("scripts/kconfig/merge_config.sh"))
-                .current_dir(&tree.dir)
-                .arg("-m")
-                .arg("-O")
-                .arg(&build_dir)
-                .arg(build_dir.join(".config"))
-                .arg(fragment_path()),
-            "merge_config.sh",
-        )?;
-        run_quiet(&mut make(&["olddefconfig"]), "make olddefconfig")?;
-    }
-    let jobs = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .to_string();
-    let log_path = build_dir.join("build.log");
-    let steps_path = build_dir.join(".kvmcap-steps");
-    let total: usize = std::fs::read_to_string(&steps_path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1400);
-    let mut child = make(&[&format!("-j{jobs}"), "bzImage"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| XtaskError::Spawn {
-            tool: "make".into(),
-            source,
-        })?;
-    let stderr = child.stderr.take();
-    let err_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(e) = stderr {
-            for l in BufReader::new(e).lines().map_while(Result::ok) {
-                text.push_str(&l);
-                text.push('\n');
-            }
-        }
-        text
-    });
-    let tty = std::io::stderr().is_terminal();
-    let mut log = String::new();
-    let mut steps = 0usize;
-    let mut last_pct = 0usize;
-    if let Some(out) = child.stdout.take() {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if l.starts_with("  ") && l.as_bytes().get(2).is_some_and(u8::is_ascii_uppercase) {
-                steps += 1;
-                progress(steps, total, l.trim(), tty, &mut last_pct);
-            }
-            log.push_str(&l);
-            log.push('\n');
-        }
-    }
-    let status = child.wait().map_err(|source| XtaskError::Spawn {
-        tool: "make".into(),
-        source,
-    })?;
-    if tty {
-        eprintln!();
-    }
-    log.push_str(&err_reader.join().unwrap_or_default());
-    let _ = std::fs::write(&log_path, &log);
-    if !status.success() {
-        let _ = std::fs::remove_file(&stamp);
-        return Err(XtaskError::Build {
-            command: format!("make bzImage (log: {})", log_path.display()),
-            status: status.to_string(),
-            tail: tail(&log, 25),
-        });
-    }
-    if steps > 200 {
-        let _ = std::fs::write(&steps_path, steps.to_string());
-    }
-    let cached = steps == 0 && stamp.exists();
-    let _ = std::fs::write(&stamp, &key);
-    Ok(Built {
-        bzimage,
-        build_dir,
-        cached,
-        key,
-    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@ use crate::XtaskError;
 /// The PPIN every lab job's host source supplies (the `explicit` source).
 pub const LAB_PPIN: &str = "MSR_PPIN=0x1122334455667788";
 
+/// Where QEMU sits in the bench lab image (the path `kvmcap lab-init` runs).
+pub const LAB_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
 /// The jobs `cargo xtask lab` runs by default (`kvmcap lab-init` grammar).
 pub const DEFAULT_JOBS: &[&str] = &[
     "verify:ppin:none:1",
@@ -42,8 +45,11 @@ pub struct LabOptions {
     pub mem_mib: u32,
     /// When to give up on the lab.
     pub deadline: Duration,
-    /// Where the lab's console goes.
+    /// Where the lab's console goes (with shards, shard N's goes to `console.N.log` beside it).
     pub console_log: PathBuf,
+    /// How many lab QEMUs run the jobs in parallel, each with its share (1: one lab, the jobs
+    /// in order, as the benchmarks that interleave their jobs need).
+    pub shards: usize,
 }
 
 /// One job's result as the lab reported it.
@@ -68,8 +74,10 @@ pub struct LabRun {
     pub jobs: Vec<Result<JobOutcome, String>>,
     /// From QEMU's start to its exit.
     pub elapsed: Duration,
-    /// The console log.
+    /// The console log (of the first lab, with shards).
     pub console_log: PathBuf,
+    /// How many labs ran the jobs in parallel.
+    pub shards: usize,
 }
 
 impl LabRun {
@@ -92,9 +100,14 @@ impl LabRun {
             }
         }
         out.push_str(&format!(
-            "{} in {:.1} s (console: {})\n",
+            "{} in {:.1} s{} (console: {})\n",
             if self.pass() { "PASS" } else { "FAIL" },
             self.elapsed.as_secs_f64(),
+            if self.shards > 1 {
+                format!(", {} labs in parallel", self.shards)
+            } else {
+                String::new()
+            },
             self.console_log.display()
         ));
         out
@@ -133,11 +146,105 @@ pub fn qemu_in(path: Option<std::ffi::OsString>) -> Result<PathBuf, XtaskError> 
         })
 }
 
-/// Boots the lab and collects every job's report.
+/// What a job costs in the lab relative to the others (measured in job_ms: a Linux guest boot
+/// or 156 generated cases take seconds, a scenario a few hundred milliseconds).
+pub fn job_weight(job: &str) -> u32 {
+    let mut parts = job.split(':');
+    let (kind, subject) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let vcpus = parts.nth(1).unwrap_or("1");
+    match (kind, subject) {
+        ("explore", "ppin") => 55,
+        ("verify" | "qemu", _) if vcpus == "2" => 45,
+        ("verify" | "qemu" | "catalog", _) => 30,
+        ("selftest", _) => 35,
+        ("explore", _) => 4,
+        _ => 3,
+    }
+}
+
+/// Splits `jobs` into `shards` lists of job indices of about equal [`job_weight`], heaviest
+/// first (each list keeps the jobs' order).
+pub fn shard(jobs: &[String], shards: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(job_weight(&jobs[i])));
+    let mut out: Vec<(u32, Vec<usize>)> = vec![(0, Vec::new()); shards.max(1)];
+    for i in order {
+        if let Some(s) = out.iter_mut().min_by_key(|(w, _)| *w) {
+            s.0 += job_weight(&jobs[i]);
+            s.1.push(i);
+        }
+    }
+    out.into_iter()
+        .map(|(_, mut s)| {
+            s.sort_unstable();
+            s
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Boots the lab (in `o.shards` QEMUs at once, each with its share of the jobs) and collects
+/// every job's report, in the jobs' order.
 pub fn run(o: &LabOptions) -> Result<LabRun, XtaskError> {
+    let shards = shard(&o.jobs, o.shards.min(o.jobs.len()));
+    if shards.len() <= 1 {
+        return run_one(o);
+    }
+    let options: Vec<LabOptions> = shards
+        .iter()
+        .enumerate()
+        .map(|(n, idx)| LabOptions {
+            jobs: idx.iter().map(|&i| o.jobs[i].clone()).collect(),
+            console_log: if n == 0 {
+                o.console_log.clone()
+            } else {
+                o.console_log.with_extension(format!("{n}.log"))
+            },
+            shards: 1,
+            ..o.clone()
+        })
+        .collect();
+    let start = Instant::now();
+    let runs: Vec<Result<LabRun, XtaskError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = options
+            .iter()
+            .map(|opts| s.spawn(move || run_one(opts)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(XtaskError::Lab {
+                        problem: "a lab shard's thread panicked".into(),
+                        tail: String::new(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut jobs: Vec<Option<Result<JobOutcome, String>>> = vec![None; o.jobs.len()];
+    for (idx, run) in shards.iter().zip(runs) {
+        for (&i, j) in idx.iter().zip(run?.jobs) {
+            jobs[i] = Some(j);
+        }
+    }
+    Ok(LabRun {
+        jobs: jobs
+            .into_iter()
+            .zip(&o.jobs)
+            .map(|(j, name)| j.unwrap_or_else(|| Err(format!("{name}: no report"))))
+            .collect(),
+        elapsed: start.elapsed(),
+        console_log: o.console_log.clone(),
+        shards: shards.len(),
+    })
+}
+
+/// Boots one lab with all of `o.jobs` and collects every job's report.
+fn run_one(o: &LabOptions) -> Result<LabRun, XtaskError> {
     let qemu = qemu()?;
     let append = format!(
-        "console=ttyS0 tsc_early_khz={} tsc=reliable reboot=t panic=-1 loglevel=1 8250.nr_uarts=1 KVMCAP_LAB_JOBS={} KVMCAP_LAB_HOST={}",
+        "console=ttyS0 tsc_early_khz={} tsc=reliable reboot=t panic=-1 loglevel=1 8250.nr_uarts=1 i8042.noaux i8042.nokbd KVMCAP_LAB_JOBS={} KVMCAP_LAB_HOST={}",
         host_tsc_khz(),
         o.jobs.join(","),
         LAB_PPIN
@@ -276,6 +383,7 @@ pub fn run(o: &LabOptions) -> Result<LabRun, XtaskError> {
         jobs,
         elapsed,
         console_log: o.console_log.clone(),
+        shards: 1,
     })
 }
 
@@ -299,6 +407,35 @@ pub fn save_reports(run: &LabRun, dir: &Path) -> Result<(), XtaskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_balance_the_heavy_jobs_and_keep_every_job_once() {
+        let jobs: Vec<String> = [
+            "selftest:ppin_test:kernel:1",
+            "explore:ppin:kernel:2:intel",
+            "explore:ppin:user:2:intel",
+            "verify:ppin:kernel:2:intel",
+            "verify:ppin:user:2:intel",
+            "run:ppin-enable:kernel:1:amd",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let s = shard(&jobs, 2);
+        assert_eq!(s.len(), 2);
+        let mut all: Vec<usize> = s.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..jobs.len()).collect::<Vec<_>>());
+        // The two explores go to different labs, and so do the two verifies.
+        for pair in [[1, 2], [3, 4]] {
+            assert!(s
+                .iter()
+                .all(|l| !(l.contains(&pair[0]) && l.contains(&pair[1]))));
+        }
+        assert!(s.iter().all(|l| l.windows(2).all(|w| w[0] < w[1])));
+        assert_eq!(shard(&jobs, 1), vec![(0..jobs.len()).collect::<Vec<_>>()]);
+        assert_eq!(shard(&jobs[..1], 3).len(), 1);
+    }
 
     #[test]
     fn missing_qemu_says_how_to_install_it() {

@@ -8,14 +8,20 @@
 use std::path::PathBuf;
 
 pub mod bench;
+pub mod bench_host;
 pub mod bench_lab;
+pub mod bench_loop;
+pub mod bench_report;
 pub mod check;
 pub mod codegen;
 pub mod conformance;
 pub mod export;
+pub mod export_check;
 pub mod initramfs;
+pub mod kbuild;
 pub mod kernel;
 pub mod lab;
+pub mod measure;
 pub mod mutants;
 pub mod patches;
 pub mod pbv;
@@ -112,4 +118,25 @@ pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file in the same folder, then a rename),
+/// creating the folder; a reader never sees a partial file.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), XtaskError> {
+    let err = |e: std::io::Error| XtaskError::Output {
+        path: path.to_owned(),
+        problem: e.to_string(),
+    };
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(err)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            err(e)
+        })
 }

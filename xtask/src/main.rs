@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use xtask::kernel::Kernel;
 use xtask::{
-    check, codegen, conformance, initramfs, kernel, lab, patches, pbv, pipeline, static_build,
-    XtaskError,
+    check, codegen, conformance, initramfs, kbuild, kernel, lab, patches, pbv, pipeline,
+    static_build, XtaskError,
 };
 
 mod fuzz;
@@ -54,6 +54,10 @@ USAGE:
                                         letter listing the last patch-boot-verify runs, RFC
                                         (the lab is emulated); checkpatch --strict and
                                         get_maintainer.pl output in checks.txt
+    cargo xtask patch export --check    the exported series (into target/kvmcap/export-check/)
+                                        applied with plain git am (no fuzz) onto a pristine git
+                                        tree of the 7.2 source (target/kernel/git-newest/, made
+                                        once) and built as patch check builds (KVM_WERROR=y)
     cargo xtask codegen                 bindgen the series' uAPI constants into
                                         harness/src/kvm/ppin_uapi.rs (needs libclang-dev)
     cargo xtask lab [--scenario NAME ...] [--job KIND:SUBJECT:BACKEND:VCPUS ...]
@@ -62,6 +66,8 @@ USAGE:
                                         the lab under qemu-system-x86_64 -accel tcg -cpu max,
                                         run the jobs inside, print the verdicts (reports and
                                         the console log under target/kvmcap/lab/)
+    --labs N                            how many lab QEMUs share the lab and patch-boot-verify
+                                        jobs out (default: one per host CPU, at most 4)
     cargo xtask patch-boot-verify [--kernel K] [--kernel-tree DIR] [--bless]
                                         the whole loop: patch, build, boot the lab, run the
                                         series' selftest and every PPIN scenario and Linux-guest
@@ -101,6 +107,7 @@ struct Args {
     positional: Vec<String>,
     kernels: Vec<Kernel>,
     as_is: bool,
+    check: bool,
     to: Option<PathBuf>,
     kernel_tree: Option<PathBuf>,
     scenarios: Vec<String>,
@@ -111,6 +118,7 @@ struct Args {
     json: Option<PathBuf>,
     jobs: Vec<String>,
     seconds: Option<u64>,
+    labs: Option<usize>,
 }
 
 fn parse(args: &[String]) -> Result<Args, XtaskError> {
@@ -118,6 +126,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         positional: Vec::new(),
         kernels: vec![Kernel::Newest],
         as_is: false,
+        check: false,
         to: None,
         kernel_tree: None,
         scenarios: Vec::new(),
@@ -128,6 +137,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
         json: None,
         jobs: Vec::new(),
         seconds: None,
+        labs: None,
     };
     let mut it = args.iter();
     while let Some(x) = it.next() {
@@ -141,6 +151,7 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
             "--kernel" => a.kernels = Kernel::parse_list(&value("--kernel")?)?,
             "--bless" => a.bless = true,
             "--as-is" => a.as_is = true,
+            "--check" => a.check = true,
             "--to" => a.to = Some(value("--to")?.into()),
             "--quick" => a.quick = true,
             "--no-edit-loop" => a.no_edit_loop = true,
@@ -148,6 +159,17 @@ fn parse(args: &[String]) -> Result<Args, XtaskError> {
             "--json" => a.json = Some(value("--json")?.into()),
             "--scenario" => a.scenarios.push(value("--scenario")?),
             "--job" => a.jobs.push(value("--job")?),
+            "--labs" => {
+                let v = value("--labs")?;
+                a.labs = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&n| (1..=8).contains(&n))
+                        .ok_or_else(|| {
+                            XtaskError::Usage(format!("--labs `{v}`: a whole number from 1 to 8"))
+                        })?,
+                )
+            }
             "--seconds" => {
                 let v = value("--seconds")?;
                 a.seconds = Some(v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
@@ -213,8 +235,11 @@ fn cmd_lab(a: &Args) -> Result<bool, XtaskError> {
     for &k in &a.kernels {
         let art = pipeline::prepare_kernel(k, a.source()?)?;
         let out = initramfs::out_dir().join("lab").join(k.id());
-        let run = lab::run(&art.lab_options(jobs.clone(), out.join("console.log")))?;
+        let mut opts = art.lab_options(jobs.clone(), out.join("console.log"));
+        opts.shards = a.labs.unwrap_or(opts.shards);
+        let run = lab::run(&opts)?;
         lab::save_reports(&run, &out)?;
+        eprintln!("{}", pipeline::time_line(&art, &run));
         if a.kernels.len() > 1 {
             println!("kernel {} ({})", k.label(), art.tree.version);
         }
@@ -229,9 +254,12 @@ fn cmd_pbv(a: &Args) -> Result<bool, XtaskError> {
     for &k in &a.kernels {
         let art = pipeline::prepare_kernel(k, a.source()?)?;
         let out = initramfs::out_dir().join("pbv").join(k.id());
-        let run = lab::run(&art.lab_options(pbv::jobs(), out.join("console.log")))?;
+        let mut opts = art.lab_options(pbv::jobs(), out.join("console.log"));
+        opts.shards = a.labs.unwrap_or(opts.shards);
+        let run = lab::run(&opts)?;
         lab::save_reports(&run, &out)?;
         print!("{}", run.table());
+        eprintln!("{}", pipeline::time_line(&art, &run));
         let checks = pbv::check(&run, a.bless)?;
         // What the export's cover letter says was tested.
         let totals = run
@@ -292,7 +320,7 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
         ["kernel", "build"] => {
             for &k in &a.kernels {
                 let tree = pipeline::source_tree(k, a.source()?)?;
-                println!("{}", kernel::build(&tree, "")?.bzimage.display());
+                println!("{}", kbuild::build(&tree)?.bzimage.display());
             }
             Ok(true)
         }
@@ -305,7 +333,7 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
                 problem: e.to_string(),
             })?;
             print!("{md}");
-            xtask::mutants::update_benchmarks()?;
+            xtask::bench_report::update_mutation_score()?;
             eprintln!(
                 "xtask: wrote {} and the score in BENCHMARKS.md",
                 path.display()
@@ -346,6 +374,12 @@ fn run(args: &[String]) -> Result<bool, XtaskError> {
             }
             print!("{}", check::table(&results));
             Ok(results.iter().all(|r| r.pass))
+        }
+        ["patch", "export"] if a.check => {
+            let base = kernel::fetch(Kernel::Newest, None)?;
+            let rows = xtask::export_check::run(&base)?;
+            print!("{}", check::table(&rows));
+            Ok(rows.iter().all(|r| r.pass))
         }
         ["patch", "export"] => {
             let to =

@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use crate::kernel::{self, Kernel};
-use crate::{lab, pipeline, XtaskError};
+use crate::kernel::Kernel;
+use crate::{initramfs, kbuild, lab, pbv, pipeline, XtaskError};
 
 /// One mutant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,8 +34,8 @@ pub struct Outcome {
 
 /// The lab jobs a mutant must get past.
 pub fn jobs() -> Vec<String> {
-    let mut v = vec![format!("selftest:{}:kernel:1", crate::pbv::SELFTEST)];
-    for pair in crate::pbv::PAIRS {
+    let mut v = vec![format!("selftest:{}:kernel:1", pbv::SELFTEST)];
+    for pair in pbv::PAIRS {
         v.push(format!("run:ppin-ctl-states:kernel:2:{pair}"));
         v.push(format!("explore:ppin:kernel:2:{pair}"));
     }
@@ -189,7 +189,7 @@ pub fn run() -> Result<Vec<Outcome>, XtaskError> {
         });
     }
     // Leave the kernel built from the unmutated tree.
-    kernel::build(&art.tree, "")?;
+    kbuild::build(&art.tree)?;
     Ok(out)
 }
 
@@ -207,11 +207,8 @@ fn run_one(
     m: &Mutant,
 ) -> Result<Option<String>, XtaskError> {
     restore(file, &m.text)?;
-    let built = kernel::build(&art.tree, "")?;
-    let mut opts = art.lab_options(
-        jobs(),
-        crate::initramfs::out_dir().join("mutants/console.log"),
-    );
+    let built = kbuild::build(&art.tree)?;
+    let mut opts = art.lab_options(jobs(), initramfs::out_dir().join("mutants/console.log"));
     opts.kernel = built.bzimage;
     let run = lab::run(&opts)?;
     Ok(jobs()
@@ -255,49 +252,6 @@ pub fn report(outcomes: &[Outcome]) -> String {
         ));
     }
     md
-}
-
-/// The section of BENCHMARKS.md that carries the score of the last `cargo xtask mutants`
-/// (read from `kernel-patches/MUTANTS.md`), or nothing if it never ran.
-pub fn benchmarks_section() -> String {
-    let path = crate::workspace_root().join("kernel-patches/MUTANTS.md");
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return String::new();
-    };
-    match text.lines().find(|l| l.starts_with("**Score:")) {
-        Some(score) => format!(
-            "\n## Mutation score\n\n{score} `cargo xtask mutants`: mutants of the main line's PPIN \
-             handlers, each built and run in the lab; every mutant and the check that killed it are in \
-             `kernel-patches/MUTANTS.md`.\n"
-        ),
-        None => String::new(),
-    }
-}
-
-/// Puts [`benchmarks_section`] into BENCHMARKS.md in place of the previous one.
-pub fn update_benchmarks() -> Result<(), XtaskError> {
-    let path = crate::workspace_root().join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let kept = match text.find("\n## Mutation score") {
-        Some(i) => {
-            let rest = &text[i + 1..];
-            let end = rest.find("\n## ").map_or(text.len(), |j| i + 1 + j);
-            format!("{}{}", &text[..i], &text[end..])
-        }
-        None => text,
-    };
-    std::fs::write(
-        &path,
-        format!(
-            "{}{}",
-            kept.trim_end_matches('\n').to_owned() + "\n",
-            benchmarks_section()
-        ),
-    )
-    .map_err(|e| XtaskError::Output {
-        path: path.clone(),
-        problem: e.to_string(),
-    })
 }
 
 #[cfg(test)]

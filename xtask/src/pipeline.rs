@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::kernel::{self, Built, Kernel, SourceTree};
+use crate::kbuild::{self, Built};
+use crate::kernel::{self, Kernel, SourceTree};
 use crate::{initramfs, lab, patches, pbv, selftest, tree, XtaskError};
 
 /// Everything a lab boot needs.
@@ -18,11 +19,14 @@ pub struct Artifacts {
     pub selftests: Vec<PathBuf>,
     /// The lab initramfs.
     pub initramfs: PathBuf,
+    /// Where the preparation's time went: (step, seconds), in order.
+    pub times: Vec<(&'static str, f64)>,
 }
 
 impl Artifacts {
     /// The lab as every xtask command boots it: 2 CPUs (one per socket: without ACPI the lab
-    /// kernel finds one CPU per socket), 1 GiB, a 15-minute deadline, `jobs` inside.
+    /// kernel finds one CPU per socket), 1 GiB, a 15-minute deadline, `jobs` inside, shared
+    /// out over one lab QEMU per host CPU (at most 4): a job keeps about one host CPU busy.
     pub fn lab_options(&self, jobs: Vec<String>, console_log: PathBuf) -> lab::LabOptions {
         lab::LabOptions {
             kernel: self.built.bzimage.clone(),
@@ -32,8 +36,35 @@ impl Artifacts {
             mem_mib: 1024,
             deadline: std::time::Duration::from_secs(900),
             console_log,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
+}
+
+/// Where the time of a run went: the preparation's steps, then the lab's, in one line.
+pub fn time_line(art: &Artifacts, lab: &lab::LabRun) -> String {
+    let mut parts: Vec<String> = art
+        .times
+        .iter()
+        .map(|(what, s)| format!("{what} {s:.1} s"))
+        .collect();
+    parts.push(format!(
+        "lab {:.1} s ({} jobs in {} lab{})",
+        lab.elapsed.as_secs_f64(),
+        lab.jobs.len(),
+        lab.shards,
+        if lab.shards == 1 { "" } else { "s in parallel" }
+    ));
+    format!(
+        "xtask: {} {}: {}",
+        art.kernel.label(),
+        if art.built.cached {
+            "(kernel up to date)"
+        } else {
+            "(kernel rebuilt)"
+        },
+        parts.join(", ")
+    )
 }
 
 /// Where a kernel's source comes from.
@@ -76,19 +107,22 @@ pub fn prepare_kernel(kernel: Kernel, source: Source<'_>) -> Result<Artifacts, X
         // As root this installs QEMU; otherwise it names the apt-get command.
         kernel::ensure_packages(&["qemu-system-x86"])?;
     }
-    let t = std::time::Instant::now();
+    let mut times = Vec::new();
+    let mut t = std::time::Instant::now();
+    let mut lap = |what: &'static str, times: &mut Vec<(&'static str, f64)>| {
+        times.push((what, t.elapsed().as_secs_f64()));
+        t = std::time::Instant::now();
+    };
     let tree = source_tree(kernel, source)?;
-    let t_tree = t.elapsed();
-    let built = kernel::build(&tree, "")?;
+    lap("source and series", &mut times);
+    let built = kbuild::build(&tree)?;
+    lap("kernel build", &mut times);
     eprintln!(
-        "xtask: kernel {} ({}{}; source and series {:.1} s, build {:.1} s)",
+        "xtask: kernel {} ({}{})",
         built.bzimage.display(),
         tree.version,
         if built.cached { ", up to date" } else { "" },
-        t_tree.as_secs_f64(),
-        (t.elapsed() - t_tree).as_secs_f64()
     );
-    let t = std::time::Instant::now();
     let mut selftests = Vec::new();
     if let Some(subdir) = selftest::subdir(kernel, &tree.dir, pbv::SELFTEST) {
         selftests.push(selftest::build(
@@ -99,18 +133,50 @@ pub fn prepare_kernel(kernel: Kernel, source: Source<'_>) -> Result<Artifacts, X
             pbv::SELFTEST,
         )?);
     }
-    let t_selftest = t.elapsed();
+    lap("selftest", &mut times);
     let initramfs = initramfs::lab(&built.bzimage, &selftests)?;
-    eprintln!(
-        "xtask: selftest {:.1} s, lab initramfs {:.1} s",
-        t_selftest.as_secs_f64(),
-        (t.elapsed() - t_selftest).as_secs_f64()
-    );
+    lap("lab initramfs", &mut times);
     Ok(Artifacts {
         kernel,
         tree,
         built,
         selftests,
         initramfs,
+        times,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_line_names_every_step_and_the_labs() {
+        let art = Artifacts {
+            kernel: Kernel::Newest,
+            tree: SourceTree {
+                dir: "t".into(),
+                version: "v".into(),
+            },
+            built: Built {
+                bzimage: "b".into(),
+                build_dir: "d".into(),
+                cached: true,
+                key: "k".into(),
+            },
+            selftests: Vec::new(),
+            initramfs: "i".into(),
+            times: vec![("kernel build", 0.46), ("selftest", 0.4)],
+        };
+        let run = lab::LabRun {
+            jobs: vec![Err("x".into()), Err("y".into())],
+            elapsed: std::time::Duration::from_millis(31_250),
+            console_log: "c".into(),
+            shards: 2,
+        };
+        assert_eq!(
+            time_line(&art, &run),
+            "xtask: 7.2 (kernel up to date): kernel build 0.5 s, selftest 0.4 s, lab 31.2 s (2 jobs in 2 labs in parallel)"
+        );
+    }
 }

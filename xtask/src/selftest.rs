@@ -25,10 +25,14 @@ pub fn build(
     subdir: &str,
     name: &str,
 ) -> Result<PathBuf, XtaskError> {
-    let out = target_dir()
+    build_into(tree, build_dir, subdir, name, &out_dir(kernel))
+}
+
+/// Where `kernel`'s selftests are built.
+pub fn out_dir(kernel: Kernel) -> PathBuf {
+    target_dir()
         .join("kernel")
-        .join(format!("selftests-{}", kernel.id()));
-    build_into(tree, build_dir, subdir, name, &out)
+        .join(format!("selftests-{}", kernel.id()))
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), XtaskError> {

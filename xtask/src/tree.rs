@@ -10,13 +10,15 @@ use std::process::Command;
 use crate::kernel::{Kernel, SourceTree};
 use crate::{target_dir, XtaskError};
 
-fn git(dir: &Path, args: &[&str]) -> Command {
+/// `git -C DIR ARGS...`.
+pub fn git(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("git");
     c.arg("-C").arg(dir).args(args);
     c
 }
 
-fn git_out(dir: &Path, args: &[&str]) -> Result<(bool, String), XtaskError> {
+/// Runs git in `dir`: whether it succeeded, and its output (stdout then stderr).
+pub fn git_out(dir: &Path, args: &[&str]) -> Result<(bool, String), XtaskError> {
     let out = git(dir, args)
         .output()
         .map_err(|source| XtaskError::Spawn {
@@ -28,7 +30,8 @@ fn git_out(dir: &Path, args: &[&str]) -> Result<(bool, String), XtaskError> {
     Ok((out.status.success(), text))
 }
 
-fn git_ok(dir: &Path, args: &[&str]) -> Result<String, XtaskError> {
+/// Runs git in `dir`: its trimmed output, or an error with it.
+pub fn git_ok(dir: &Path, args: &[&str]) -> Result<String, XtaskError> {
     let (ok, text) = git_out(dir, args)?;
     if !ok {
         return Err(XtaskError::Build {

@@ -18,15 +18,15 @@ use crate::report::{Report, RunFingerprint};
 use msr_probe::frame::{Decoder, Frame, Progress};
 use msr_probe::{Catalog, Fingerprint, MsrIndex, ProbeReport};
 
-/// The guest command line QEMU gets: kvmcap's own ([`BASE_CMDLINE`] and the probe words of
-/// `verify`) without the report window, which only kvmcap's VMM reads; msr-probe then prints
-/// its report on the console.
+/// The guest command line QEMU gets: kvmcap's own ([`BASE_CMDLINE`], `noxsave` as the lab's
+/// `verify` adds it, and the probe words of `verify`) without the report window, which only
+/// kvmcap's VMM reads; msr-probe then prints its report on the console.
 pub fn qemu_cmdline(msrs: &[MsrIndex]) -> String {
     let base: Vec<&str> = BASE_CMDLINE
         .split_whitespace()
         .filter(|w| !w.starts_with("KVMCAP_REPORT="))
         .collect();
-    format!("{} {}", base.join(" "), probe_words(Some(msrs)))
+    format!("{} noxsave {}", base.join(" "), probe_words(Some(msrs)))
 }
 
 /// QEMU's arguments for the guest: microvm (no firmware tables but an MP table, no PCI: its
