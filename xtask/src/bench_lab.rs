@@ -151,6 +151,8 @@ mod tests {
             snapshot: Value::Null,
             report,
             job_ms: Some(job_ms),
+            suite: None,
+            stats: Value::Null,
         }
     }
 

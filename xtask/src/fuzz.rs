@@ -83,19 +83,7 @@ fn ensure_cargo_fuzz() -> Result<(), XtaskError> {
     if works(&["+nightly", "fuzz", "--version"]) {
         return Ok(());
     }
-    eprintln!("xtask: cargo-fuzz is not installed: installing it with `cargo install cargo-fuzz`");
-    let status = Command::new("cargo")
-        .args(["install", "cargo-fuzz"])
-        .status()
-        .map_err(spawn_err("cargo install"))?;
-    if !status.success() {
-        return Err(XtaskError::Build {
-            command: "cargo install cargo-fuzz".into(),
-            status: status.to_string(),
-            tail: String::new(),
-        });
-    }
-    Ok(())
+    xtask::cargo_install("cargo-fuzz")
 }
 
 /// The read-only seed directories of `target` that exist.

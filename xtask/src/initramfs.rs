@@ -134,6 +134,18 @@ pub fn bench_lab(
     Ok(path)
 }
 
+/// The `.toml` files in `dir` (none if it does not exist), sorted.
+fn tomls_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// The `.toml` files of `fixtures/SUB/`, sorted.
 pub fn fixture_tomls(sub: &str) -> Result<Vec<PathBuf>, XtaskError> {
     let dir = workspace_root().join("fixtures").join(sub);
@@ -167,12 +179,23 @@ fn lab_builder(guest_kernel: &Path, selftests: &[PathBuf]) -> Result<Builder, Xt
             .unwrap_or_default();
         b.file(&format!("selftests/{name}"), 0o755, read(t)?);
     }
+    // The workspace's files, then the user's own (`cargo xtask lab --scenario FILE` or
+    // `--fixtures DIR`, staged and named to kvmcap's loader), which win by name.
+    let user = kvmcap::fixtures::user_dir();
     for sub in ["scenarios", "features"] {
-        for p in fixture_tomls(sub)? {
+        let mut files = fixture_tomls(sub)?;
+        if let Some(dir) = &user {
+            files.extend(tomls_in(&dir.join(sub)));
+        }
+        let mut seen = std::collections::BTreeMap::new();
+        for p in files {
             let name = p
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            seen.insert(name, p);
+        }
+        for (name, p) in seen {
             b.file(&format!("{sub}/{name}"), 0o644, read(&p)?);
         }
     }

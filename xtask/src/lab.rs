@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use msr_probe::frame::decode_all;
 
 use crate::XtaskError;
+use kvmcap::report::results::Suite;
 
 /// The PPIN every lab job's host source supplies (the `explicit` source).
 pub const LAB_PPIN: &str = "MSR_PPIN=0x1122334455667788";
@@ -50,6 +54,22 @@ pub struct LabOptions {
     /// How many lab QEMUs run the jobs in parallel, each with its share (1: one lab, the jobs
     /// in order, as the benchmarks that interleave their jobs need).
     pub shards: usize,
+    /// Print a line on stderr as each job reports (`xtask: lab 3/12: run:ppin-enable:user:1`):
+    /// the count so far (shared by the parallel labs) and the total.
+    pub progress: Option<(Arc<AtomicUsize>, usize)>,
+}
+
+/// [`run`] printing each job as it reports (lab boots and jobs take seconds each).
+pub fn run_with_progress(o: &LabOptions) -> Result<LabRun, XtaskError> {
+    let mut o = o.clone();
+    o.progress = Some((Arc::new(AtomicUsize::new(0)), o.jobs.len()));
+    run(&o)
+}
+
+/// The job names whose frames begin in `line` (a frame's begin line carries its stream name).
+fn begun(line: &str) -> Option<&str> {
+    let rest = &line[line.find("@kvmcap:B:0:")? + "@kvmcap:B:0:".len()..];
+    rest.split_once(':').map(|(_, name)| name.trim_end())
 }
 
 /// One job's result as the lab reported it.
@@ -65,6 +85,28 @@ pub struct JobOutcome {
     pub report: serde_json::Value,
     /// Wall time in the lab from the job's start to its verdict.
     pub job_ms: Option<f64>,
+    /// The job's cases (for KTAP and JUnit).
+    pub suite: Option<Suite>,
+    /// Exit accounting per vCPU, as the lab reported it (JSON: `exits`, `exit_total`,
+    /// `kvm_run_ms`, `vmm_ms`).
+    pub stats: serde_json::Value,
+}
+
+impl JobOutcome {
+    /// Exits, MSR exits, I/O exits, ms in KVM_RUN and ms in the VMM, summed over vCPUs.
+    pub fn exit_totals(&self) -> (u64, u64, u64, f64, f64) {
+        let cpus = self.stats.as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let n = |v: &serde_json::Value, k: &str| v["exits"][k].as_u64().unwrap_or(0);
+        cpus.iter().fold((0, 0, 0, 0.0, 0.0), |t, v| {
+            (
+                t.0 + v["exit_total"].as_u64().unwrap_or(0),
+                t.1 + n(v, "msr_read") + n(v, "msr_write"),
+                t.2 + n(v, "io_in") + n(v, "io_out"),
+                t.3 + v["kvm_run_ms"].as_f64().unwrap_or(0.0),
+                t.4 + v["vmm_ms"].as_f64().unwrap_or(0.0),
+            )
+        })
+    }
 }
 
 /// What the lab produced.
@@ -86,17 +128,53 @@ impl LabRun {
         self.jobs.iter().all(|j| j.as_ref().is_ok_and(|j| j.pass))
     }
 
-    /// The summary table.
+    /// Every job's cases, in the jobs' order; a job that gave no report is a suite with its
+    /// error (a failure).
+    pub fn suites(&self, jobs: &[String]) -> Vec<Suite> {
+        jobs.iter()
+            .zip(&self.jobs)
+            .map(|(name, j)| match j {
+                Ok(JobOutcome { suite: Some(s), .. }) => s.clone(),
+                Ok(o) => Suite {
+                    name: o.job.clone(),
+                    time_ms: o.job_ms.unwrap_or(0.0),
+                    cases: Vec::new(),
+                    error: Some("the job's report has no cases".into()),
+                },
+                Err(e) => Suite {
+                    name: name.clone(),
+                    time_ms: 0.0,
+                    cases: Vec::new(),
+                    error: Some(e.clone()),
+                },
+            })
+            .collect()
+    }
+
+    /// The summary table: each job's verdict, time and exit accounting (exits in all, MSR and
+    /// I/O exits, ms inside KVM_RUN against ms in kvmcap's VMM, summed over vCPUs).
     pub fn table(&self) -> String {
-        let mut out = format!("{:<34} {}\n", "LAB JOB", "VERDICT");
+        let mut out = format!(
+            "{:<38} {:<7} {:>9} {:>8} {:>6} {:>6} {:>10} {:>8}\n",
+            "LAB JOB", "VERDICT", "JOB ms", "EXITS", "MSR", "IO", "KVM_RUN ms", "VMM ms"
+        );
         for j in &self.jobs {
             match j {
-                Ok(o) => out.push_str(&format!(
-                    "{:<34} {}\n",
-                    o.job,
-                    if o.pass { "PASS" } else { "FAIL" }
-                )),
-                Err(e) => out.push_str(&format!("{:<34} ERROR {e}\n", "?")),
+                Ok(o) => {
+                    let (exits, msr, io, run, vmm) = o.exit_totals();
+                    out.push_str(&format!(
+                        "{:<38} {:<7} {:>9} {:>8} {:>6} {:>6} {:>10.1} {:>8.1}\n",
+                        o.job,
+                        if o.pass { "PASS" } else { "FAIL" },
+                        o.job_ms.map_or("-".into(), |t| format!("{t:.0}")),
+                        exits,
+                        msr,
+                        io,
+                        run,
+                        vmm
+                    ))
+                }
+                Err(e) => out.push_str(&format!("{:<38} ERROR {e}\n", "?")),
             }
         }
         out.push_str(&format!(
@@ -194,6 +272,7 @@ pub fn run(o: &LabOptions) -> Result<LabRun, XtaskError> {
         .iter()
         .enumerate()
         .map(|(n, idx)| LabOptions {
+            progress: o.progress.clone(),
             jobs: idx.iter().map(|&i| o.jobs[i].clone()).collect(),
             console_log: if n == 0 {
                 o.console_log.clone()
@@ -284,14 +363,29 @@ fn run_one(o: &LabOptions) -> Result<LabRun, XtaskError> {
     // deadline; a lab that said it is done gets a few seconds to exit, then is ended.
     let done_seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = done_seen.clone();
+    let progress = o.progress.clone();
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 8192];
+        let mut scanned = 0;
         loop {
             match stdout.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
+                    if let Some((count, total)) = &progress {
+                        // Whole lines only: a frame's begin line names a finished job.
+                        let end = buf.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+                        if end > scanned {
+                            for line in String::from_utf8_lossy(&buf[scanned..end]).lines() {
+                                if let Some(name) = begun(line) {
+                                    let k = count.fetch_add(1, Ordering::Relaxed) + 1;
+                                    eprintln!("xtask: lab {k}/{total}: {name}");
+                                }
+                            }
+                            scanned = end;
+                        }
+                    }
                     let tail = &buf[buf.len().saturating_sub(n + 32)..];
                     if tail.windows(16).any(|w| w == b"kvmcap lab: done") {
                         seen.store(true, std::sync::atomic::Ordering::Release);
@@ -365,6 +459,8 @@ fn run_one(o: &LabOptions) -> Result<LabRun, XtaskError> {
                         snapshot: v["snapshot"].clone(),
                         report: v["report"].clone(),
                         job_ms: v["job_ms"].as_f64(),
+                        suite: serde_json::from_value(v["suite"].clone()).ok(),
+                        stats: v["stats"].clone(),
                     })
             }
             Some(Ok(f)) => Err(format!("{job}: the lab reported `{}` instead", f.stream)),

@@ -26,6 +26,7 @@ pub mod mutants;
 pub mod patches;
 pub mod pbv;
 pub mod pipeline;
+pub mod results;
 pub mod selftest;
 pub mod static_build;
 pub mod tree;
@@ -139,4 +140,25 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), XtaskErr
             let _ = std::fs::remove_file(&tmp);
             err(e)
         })
+}
+
+/// Installs the cargo subcommand crate `krate` with `cargo install` (what `cargo xtask fuzz`
+/// and `cargo xtask review` do when theirs is missing), saying so on stderr.
+pub fn cargo_install(krate: &str) -> Result<(), XtaskError> {
+    eprintln!("xtask: {krate} is not installed: installing it with `cargo install {krate}`");
+    let status = std::process::Command::new("cargo")
+        .args(["install", "--locked", krate])
+        .status()
+        .map_err(|source| XtaskError::Spawn {
+            tool: "cargo install".into(),
+            source,
+        })?;
+    if !status.success() {
+        return Err(XtaskError::Build {
+            command: format!("cargo install --locked {krate}"),
+            status: status.to_string(),
+            tail: String::new(),
+        });
+    }
+    Ok(())
 }

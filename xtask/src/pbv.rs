@@ -159,16 +159,19 @@ fn outcome<'a>(run: &'a LabRun, job: &str) -> Result<&'a JobOutcome, String> {
         })
 }
 
-/// Checks a lab run: every job passed, kernel == user for each pair, and each pair equals its
-/// committed expectation (written instead when `bless`).
-pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
+/// Checks a lab run of `ran` (every job of [`jobs`], or one shard's share, which keeps each
+/// kernel/user pair together): every job passed, kernel == user for each pair, and each pair
+/// equals its committed expectation. A difference from the expectation leaves the run's view
+/// beside it as `NAME.snap.new`, for `cargo insta review` (`cargo xtask review`); `bless`
+/// writes the expectations instead.
+pub fn check(run: &LabRun, ran: &[String], bless: bool) -> Result<Vec<Check>, XtaskError> {
     let mut checks = Vec::new();
-    for job in jobs() {
+    for job in ran {
         let (what, pair) = match job.rsplit_once(':') {
             Some((w, p)) if PAIRS.contains(&p) => (w.to_owned(), p.to_owned()),
             _ => (job.clone(), "-".to_owned()),
         };
-        let c = match outcome(run, &job) {
+        let c = match outcome(run, job) {
             Ok(o) => Check {
                 what,
                 pair,
@@ -195,6 +198,9 @@ pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
     {
         let k = paired_job(kind, subject, "kernel", vcpus, pair);
         let u = paired_job(kind, subject, "user", vcpus, pair);
+        if !ran.contains(&k) && !ran.contains(&u) {
+            continue;
+        }
         let name = format!("{kind}:{subject}:*:{vcpus}");
         let (Ok(ko), Ok(uo)) = (outcome(run, &k), outcome(run, &u)) else {
             checks.push(Check {
@@ -216,33 +222,41 @@ pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
                 .unwrap_or_default(),
         });
         let path = dir.join(format!(
-            "{}_{pair}.json",
+            "{}_{pair}.snap",
             file_name(&name.replace('*', "any"))
         ));
+        let pending = path.with_extension("snap.new");
+        let _ = std::fs::remove_file(&pending);
         if bless {
-            std::fs::create_dir_all(&dir).map_err(|e| XtaskError::Output {
-                path: dir.clone(),
-                problem: e.to_string(),
-            })?;
-            let text = serde_json::to_string_pretty(&uv).unwrap_or_default() + "\n";
-            std::fs::write(&path, text).map_err(|e| XtaskError::Output {
-                path: path.clone(),
-                problem: e.to_string(),
-            })?;
+            crate::write_atomic(&path, snapshot_text(&uv).as_bytes())?;
         }
         let expected: Option<Value> = std::fs::read_to_string(&path)
             .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+            .and_then(|t| snapshot_body(&t).and_then(|b| serde_json::from_str(b).ok()));
         let (pass, detail) = match expected {
             Some(e) => match first_difference(&uv, &neutral(&e), "") {
                 None => (true, String::new()),
-                Some(d) => (false, format!("run vs committed {} at {d}", rel(&path))),
+                Some(d) => (
+                    false,
+                    format!(
+                        "run vs committed {} at {d} (the run's view: {}; cargo xtask review)",
+                        rel(&path),
+                        rel(&pending)
+                    ),
+                ),
             },
             None => (
                 false,
-                format!("no committed expectation {} (run with --bless)", rel(&path)),
+                format!(
+                    "no committed expectation {} (the run's view: {}; cargo xtask review, or --bless)",
+                    rel(&path),
+                    rel(&pending)
+                ),
             ),
         };
+        if !pass {
+            crate::write_atomic(&pending, snapshot_text(&uv).as_bytes())?;
+        }
         checks.push(Check {
             what: format!("{name} == committed"),
             pair: pair.to_owned(),
@@ -251,6 +265,23 @@ pub fn check(run: &LabRun, bless: bool) -> Result<Vec<Check>, XtaskError> {
         });
     }
     Ok(checks)
+}
+
+/// An expectation as an insta snapshot file (the header `cargo insta review` reads, then the
+/// view as pretty JSON), so `cargo insta review --workspace-root kernel-patches` reviews a
+/// run's differences like any other snapshot.
+pub fn snapshot_text(view: &Value) -> String {
+    format!(
+        "---\nsource: xtask/src/pbv.rs\nexpression: view\n---\n{}\n",
+        serde_json::to_string_pretty(view).unwrap_or_default()
+    )
+}
+
+/// The body of a snapshot file (after its header).
+pub fn snapshot_body(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix("---\n")?;
+    let end = rest.find("\n---\n")?;
+    Some(&rest[end + 5..])
 }
 
 fn rel(p: &Path) -> String {

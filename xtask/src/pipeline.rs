@@ -29,6 +29,7 @@ impl Artifacts {
     /// out over one lab QEMU per host CPU (at most 4): a job keeps about one host CPU busy.
     pub fn lab_options(&self, jobs: Vec<String>, console_log: PathBuf) -> lab::LabOptions {
         lab::LabOptions {
+            progress: None,
             kernel: self.built.bzimage.clone(),
             initramfs: self.initramfs.clone(),
             jobs,
