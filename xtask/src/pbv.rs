@@ -21,6 +21,11 @@ pub const PAIRED: &[(&str, &str, u8)] = &[
     ("run", "ppin-enable", 1),
     ("explore", "ppin", 2),
     ("explore", "platform-info", 2),
+    // Stock KVM features written from the manuals alone (no Rust): `kernel` is stock KVM here
+    // (they have no capability), `user` the rules' model; the lab's KVM conforms to both
+    // (docs/conformance.md).
+    ("explore", "tsc-adjust", 2),
+    ("explore", "cpuid-faulting", 2),
     ("probe", "ppin", 2),
     ("verify", "ppin", 1),
     ("verify", "ppin", 2),
