@@ -8,46 +8,163 @@ use serde_json::json;
 use crate::measure::{Bench, Stats};
 use crate::{target_dir, workspace_root, write_atomic, XtaskError};
 
-/// The chart: one bar per ratio on a log scale around parity (1.0, the dashed line); bars
-/// to the left (green) are where kvmcap is faster, to the right (red) where it loses.
+/// Splits `text` into lines of at most `width` characters at spaces (a longer word gets a
+/// line of its own): chart labels are wrapped, never cut.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(l) if l.chars().count() + 1 + word.chars().count() <= width => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The chart: one bar per ratio (kvmcap's median over the peer's) on a log axis with ticks,
+/// parity (1.0) dashed; green bars to the left are where kvmcap is faster, red to the right
+/// where it loses. Each bar carries a whisker from the best to the worst ratio the p10-p90
+/// ranges allow (kvmcap p10 / peer p90 to kvmcap p90 / peer p10). Labels wrap to the chart's
+/// width, never cut.
 fn svg(benches: &[Bench]) -> String {
-    let rows: Vec<(String, f64)> = benches
+    struct Row {
+        label: Vec<String>,
+        ratio: f64,
+        low: f64,
+        high: f64,
+    }
+    let rows: Vec<Row> = benches
         .iter()
         .filter_map(|b| {
-            b.ratio()
-                .filter(|r| *r > 0.0 && r.is_finite())
-                .map(|r| (format!("{} vs {}", b.name, b.peer), r))
+            let (k, p) = (b.kvmcap.as_ref()?, b.peer_stats.as_ref()?);
+            let ratio = b.ratio().filter(|r| *r > 0.0 && r.is_finite())?;
+            let (low, high) = (k.p10 / p.p90, k.p90 / p.p10);
+            let ok = |v: f64| v > 0.0 && v.is_finite();
+            Some(Row {
+                label: wrap(&format!("{} vs {}", b.name, b.peer), 150),
+                ratio,
+                low: if ok(low) { low } else { ratio },
+                high: if ok(high) { high } else { ratio },
+            })
         })
         .collect();
-    let span = rows
+    // The axis: whole decades around every ratio and whisker, at least 0.1 to 10.
+    let lo = rows
         .iter()
-        .map(|(_, r)| r.log10().abs())
-        .fold(0.5f64, f64::max);
-    let h = 50 + rows.len() * 50;
+        .map(|r| r.low.min(r.ratio))
+        .fold(0.1f64, f64::min)
+        .log10()
+        .floor() as i32;
+    let hi = rows
+        .iter()
+        .map(|r| r.high.max(r.ratio))
+        .fold(10.0f64, f64::max)
+        .log10()
+        .ceil() as i32;
+    let (left, right) = (40.0, 1060.0);
+    let x = |v: f64| left + (right - left) * (v.log10() - f64::from(lo)) / f64::from(hi - lo);
+    let row_h = |r: &Row| 34 + 14 * r.label.len();
+    let top = 70;
+    let h = top + rows.iter().map(row_h).sum::<usize>() + 20;
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1000\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"10\" y=\"20\" font-size=\"14\">kvmcap / peer, median ratio, log scale: left of the dashed line (1.0) kvmcap is faster</text>\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1100\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"1100\" height=\"{h}\" fill=\"#fff\"/>\n<text x=\"10\" y=\"20\" font-size=\"14\">kvmcap / peer: median ratio (bar) and the p10-p90 range (whisker), log scale; left of 1 kvmcap is faster</text>\n"
     );
-    let half = 300.0;
-    let one = 10.0 + half;
-    for (i, (name, r)) in rows.iter().enumerate() {
-        let y = 40 + i * 50;
-        let w = half * r.log10() / span;
-        let (x, width) = if w < 0.0 { (one + w, -w) } else { (one, w) };
+    for d in lo..=hi {
+        let v = 10f64.powi(d);
+        let xv = x(v);
         s.push_str(&format!(
-            "<rect x=\"{x:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"18\" fill=\"{}\"/>\n<text x=\"{:.1}\" y=\"{}\">{}</text>\n<text x=\"10\" y=\"{}\">{}</text>\n",
-            width.max(1.0),
-            if *r <= 1.0 { "#3a7" } else { "#c64" },
-            one + half + 10.0,
-            y + 14,
-            ratio_text(*r),
-            y + 32,
-            name.replace('&', "&amp;").replace('<', "&lt;")
+            "<line x1=\"{xv:.1}\" y1=\"45\" x2=\"{xv:.1}\" y2=\"{h}\" stroke=\"{}\"{}/>\n<text x=\"{xv:.1}\" y=\"40\" text-anchor=\"middle\">{}</text>\n",
+            if d == 0 { "#333" } else { "#ddd" },
+            if d == 0 { " stroke-dasharray=\"4\"" } else { "" },
+            if d < 0 {
+                format!("{v:.*}", d.unsigned_abs() as usize)
+            } else {
+                format!("{v:.0}")
+            }
         ));
     }
-    s.push_str(&format!(
-        "<line x1=\"{one:.1}\" y1=\"30\" x2=\"{one:.1}\" y2=\"{h}\" stroke=\"#333\" stroke-dasharray=\"4\"/>\n</svg>\n"
-    ));
+    let mut y = top;
+    for r in &rows {
+        let (x1, xr) = (x(1.0), x(r.ratio));
+        let (bx, bw) = if xr < x1 {
+            (xr, x1 - xr)
+        } else {
+            (x1, xr - x1)
+        };
+        let mid = y + 9;
+        s.push_str(&format!(
+            "<rect x=\"{bx:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"18\" fill=\"{}\"/>\n<line x1=\"{:.1}\" y1=\"{mid}\" x2=\"{:.1}\" y2=\"{mid}\" stroke=\"#222\"/>\n<line x1=\"{:.1}\" y1=\"{}\" x2=\"{:.1}\" y2=\"{}\" stroke=\"#222\"/>\n<line x1=\"{:.1}\" y1=\"{}\" x2=\"{:.1}\" y2=\"{}\" stroke=\"#222\"/>\n<text x=\"{:.1}\" y=\"{}\">{}</text>\n",
+            bw.max(1.0),
+            if r.ratio <= 1.0 { "#3a7" } else { "#c64" },
+            x(r.low),
+            x(r.high),
+            x(r.low),
+            mid - 5,
+            x(r.low),
+            mid + 5,
+            x(r.high),
+            mid - 5,
+            x(r.high),
+            mid + 5,
+            x(r.high).max(xr) + 8.0,
+            y + 14,
+            escape(&ratio_text(r.ratio))
+        ));
+        for (k, line) in r.label.iter().enumerate() {
+            s.push_str(&format!(
+                "<text x=\"10\" y=\"{}\">{}</text>\n",
+                y + 32 + 14 * k,
+                escape(line)
+            ));
+        }
+        y += row_h(r);
+    }
+    s.push_str("</svg>\n");
     s
+}
+
+/// Redraws `benchmarks.svg` from a JSON file `cargo xtask bench` wrote (no measuring).
+pub fn redraw(json_path: &Path) -> Result<usize, XtaskError> {
+    let err = |problem: String| XtaskError::Output {
+        path: json_path.to_owned(),
+        problem,
+    };
+    let text = std::fs::read_to_string(json_path).map_err(|e| err(e.to_string()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let stats = |v: &serde_json::Value| {
+        Some(Stats {
+            runs: usize::try_from(v["runs"].as_u64()?).ok()?,
+            median: v["median_ms"].as_f64()?,
+            p10: v["p10_ms"].as_f64()?,
+            p90: v["p90_ms"].as_f64()?,
+        })
+    };
+    let benches: Vec<Bench> = doc["benchmarks"]
+        .as_array()
+        .ok_or_else(|| err("no `benchmarks` list".into()))?
+        .iter()
+        .map(|b| Bench {
+            name: b["name"].as_str().unwrap_or("").to_owned(),
+            kvmcap: stats(&b["kvmcap"]),
+            peer: b["peer"].as_str().unwrap_or("").to_owned(),
+            peer_stats: stats(&b["peer_stats"]),
+            note: b["note"].as_str().unwrap_or("").to_owned(),
+        })
+        .collect();
+    write_atomic(
+        &workspace_root().join("benchmarks.svg"),
+        svg(&benches).as_bytes(),
+    )?;
+    Ok(benches.len())
 }
 
 /// A ratio as text; below 1, also how many times faster kvmcap was.
@@ -202,5 +319,55 @@ mod tests {
         assert_eq!(ratio_text(0.5), "0.500x (2.0x faster)");
         assert_eq!(ratio_text(0.01), "0.010x (100x faster)");
         assert_eq!(ratio_text(2.0), "2.00x");
+    }
+}
+
+#[cfg(test)]
+mod svg_tests {
+    use super::*;
+
+    fn bench(name: &str, k: f64, p: f64) -> Bench {
+        let st = |m: f64| Stats {
+            runs: 10,
+            median: m,
+            p10: m * 0.9,
+            p90: m * 1.2,
+        };
+        Bench {
+            name: name.into(),
+            kvmcap: Some(st(k)),
+            peer: "a peer whose name is long enough that one line of the chart cannot hold it together with the benchmark's own long name".into(),
+            peer_stats: Some(st(p)),
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn labels_are_whole_and_the_axis_has_ticks_and_whiskers() {
+        let b = vec![
+            bench(
+                "edit loop: touch arch/x86/kvm/x86.c, then patch-boot-verify to a green table",
+                5.0,
+                100.0,
+            ),
+            bench("guest rdmsr", 12.0, 6.0),
+        ];
+        let s = svg(&b);
+        // Every word of every label is drawn (wrapped, not cut).
+        for x in &b {
+            for w in format!("{} vs {}", x.name, x.peer).split_whitespace() {
+                assert!(s.contains(&escape(w)), "missing {w}");
+            }
+        }
+        for tick in [">0.01<", ">0.1<", ">1<", ">10<"] {
+            assert!(s.contains(tick), "no tick {tick}");
+        }
+        // Bars, whisker lines and the parity line.
+        assert_eq!(s.matches("<rect").count(), 1 + b.len());
+        assert!(s.contains("stroke-dasharray"));
+        assert!(s.matches("stroke=\"#222\"").count() >= 3 * b.len());
+        for line in wrap(&format!("{} vs {}", b[0].name, b[0].peer), 150) {
+            assert!(line.chars().count() <= 150);
+        }
     }
 }

@@ -257,6 +257,9 @@ pub enum Command {
         /// Skip the lab benchmarks.
         #[arg(long)]
         no_lab: bool,
+        /// Measure nothing: redraw benchmarks.svg from the JSON a run wrote.
+        #[arg(long, value_name = "JSON", conflicts_with_all = ["quick", "json", "no_edit_loop", "no_lab"])]
+        redraw: Option<PathBuf>,
     },
     /// The cargo-fuzz targets of fuzz/ (cargo-fuzz is installed when missing).
     Fuzz {

@@ -365,10 +365,21 @@ fn run(cli: Cli) -> Result<bool, XtaskError> {
             Ok(ok)
         }
         Command::Bench {
+            redraw: Some(from), ..
+        } => {
+            let n = xtask::bench_report::redraw(&from)?;
+            println!(
+                "redrew benchmarks.svg: {n} benchmarks from {}",
+                from.display()
+            );
+            Ok(true)
+        }
+        Command::Bench {
             quick,
             json,
             no_edit_loop,
             no_lab,
+            redraw: None,
         } => {
             let table = xtask::bench::run(quick, json.as_deref(), !no_edit_loop, !no_lab)?;
             print!("{table}");
