@@ -400,14 +400,14 @@ fn cmd_list(o: &ListArgs) -> Result<bool, Failure> {
             })
             .collect(),
     };
-    if o.json {
-        let doc = serde_json::to_string_pretty(&rows).map_err(|e| fail(exit::OUTPUT, e))?;
-        println!("{doc}");
+    let text = if o.json {
+        serde_json::to_string_pretty(&rows).map_err(|e| fail(exit::OUTPUT, e))? + "\n"
     } else {
-        for r in &rows {
-            println!("{:<32} {:<12} {}", r.name, r.origin, r.what);
-        }
-    }
+        rows.iter()
+            .map(|r| format!("{:<32} {:<12} {}\n", r.name, r.origin, r.what))
+            .collect()
+    };
+    crate::report::write::stdout(text.as_bytes()).map_err(|e| fail(exit::OUTPUT, e))?;
     Ok(true)
 }
 
@@ -441,7 +441,9 @@ pub fn run(cli: Cli) -> Result<bool, Failure> {
         }
         Command::Completions { shell } => {
             let mut cmd = super::command();
-            clap_complete::generate(*shell, &mut cmd, "kvmcap", &mut std::io::stdout());
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "kvmcap", &mut out);
+            crate::report::write::stdout(&out).map_err(|e| fail(exit::OUTPUT, e))?;
             Ok(true)
         }
         Command::Manpage => {
@@ -449,10 +451,7 @@ pub fn run(cli: Cli) -> Result<bool, Failure> {
             clap_mangen::Man::new(super::command())
                 .render(&mut out)
                 .map_err(|e| fail(exit::OUTPUT, e))?;
-            use std::io::Write;
-            std::io::stdout()
-                .write_all(&out)
-                .map_err(|e| fail(exit::OUTPUT, e))?;
+            crate::report::write::stdout(&out).map_err(|e| fail(exit::OUTPUT, e))?;
             Ok(true)
         }
     }

@@ -3,7 +3,6 @@
 //! All files through [`write_report`]: atomic for regular files, written through for pipes and
 //! devices, `-` for standard output.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use super::document::{json, Document, Format};
@@ -96,10 +95,7 @@ pub fn emit<D: Document + ?Sized>(
     }
     if !stdout_taken {
         let text = render_stdout(o, doc, table)?;
-        let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(EmitError::Stdout)?;
+        super::write::stdout(text.as_bytes()).map_err(EmitError::Stdout)?;
     }
     Ok(())
 }

@@ -121,16 +121,23 @@ pub fn write_report(path: &Path, bytes: &[u8]) -> Result<WriteMode, WriteError> 
     through(path, bytes, false)
 }
 
+/// Writes `bytes` to standard output. A reader that went away (`kvmcap ... | head`) is not
+/// an error: what it did not read is not wanted.
+pub fn stdout(bytes: &[u8]) -> std::io::Result<()> {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(bytes).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
 fn to_stream(path: &Path, mode: WriteMode, bytes: &[u8]) -> Result<WriteMode, WriteError> {
     let result = match mode {
         WriteMode::Stderr => {
             let mut e = std::io::stderr().lock();
             e.write_all(bytes).and_then(|()| e.flush())
         }
-        _ => {
-            let mut o = std::io::stdout().lock();
-            o.write_all(bytes).and_then(|()| o.flush())
-        }
+        _ => stdout(bytes),
     };
     result.map_err(werr(path, "write"))?;
     Ok(mode)
