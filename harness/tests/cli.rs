@@ -526,3 +526,20 @@ fn colour_and_verbosity() {
     let o = kvmcap(&[&["--color", "always"][..], &args].concat());
     assert!(String::from_utf8_lossy(&o.stdout).contains("\x1b[32mPASS\x1b[0m"));
 }
+
+/// A reader that goes away (`kvmcap list msrs | head -1`) ends the output quietly: no panic,
+/// no report error.
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmcap"))
+        .args(["list", "msrs"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(0), "{err}");
+}
