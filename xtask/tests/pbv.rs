@@ -27,27 +27,14 @@ fn patch_boot_verify_is_green() {
         checks.iter().all(|c| c.pass),
         "patch-boot-verify is red:\n{table}"
     );
+    shards_merge_into_the_whole(&all, &run);
 }
 
-/// The matrix spread over runners: each shard's share of a real run's job results and
-/// checks, merged, equals the whole run's results (the same jobs in the same order, the same
-/// JUnit); shares are deterministic and a kernel/user pair is never split.
-#[test]
-fn shards_of_a_real_run_merge_into_the_whole() {
-    if !common::lab_available() {
-        return;
-    }
+/// The matrix spread over runners, on the same lab run: each shard's share of its job
+/// results and checks, merged, equals the whole run's results (the same jobs in the same
+/// order, the same JUnit); a kernel/user pair is never split.
+fn shards_merge_into_the_whole(all: &[String], run: &lab::LabRun) {
     use xtask::results::{merge, Results, Shard, Share};
-    let art = pipeline::prepare(None).expect("patched kernel, selftest and lab initramfs");
-    let all: Vec<String> = pbv::jobs()
-        .into_iter()
-        .filter(|j| !j.starts_with("verify"))
-        .collect();
-    let run = lab::run(&art.lab_options(
-        all.clone(),
-        initramfs::out_dir().join("shard-test/console.log"),
-    ))
-    .expect("the lab runs");
     let results_of = |share: &Share| {
         let ran = share.jobs();
         let jobs: Vec<_> = share.mine.iter().map(|&i| run.jobs[i].clone()).collect();
@@ -58,7 +45,7 @@ fn shards_of_a_real_run_merge_into_the_whole() {
         let checks = pbv::check(&sub, &ran, false).expect("checks");
         Results::of_run("patch-boot-verify", "newest", share, &sub, &checks)
     };
-    let whole = results_of(&Share::of(all.clone(), None));
+    let whole = results_of(&Share::of(all.to_vec(), None));
     assert!(whole.pass(), "{}", whole.table());
     let mut sorted = whole.clone();
     sorted
@@ -66,7 +53,7 @@ fn shards_of_a_real_run_merge_into_the_whole() {
         .sort_by(|a, b| (&a.what, &a.pair).cmp(&(&b.what, &b.pair)));
     for n in [2, 3] {
         let parts: Vec<Results> = (1..=n)
-            .map(|k| results_of(&Share::of(all.clone(), Some(Shard { k, n }))))
+            .map(|k| results_of(&Share::of(all.to_vec(), Some(Shard { k, n }))))
             .collect();
         let merged = merge(&parts).expect("the shards merge");
         assert_eq!(merged, vec![sorted.clone()], "{n} shards");
