@@ -212,7 +212,7 @@ pub enum Command {
     },
     /// The whole loop: patch, build, boot the lab, run the series' selftest and every PPIN
     /// scenario, explore and verify with backend kernel and user on 1 and 2 vCPUs; kernel must
-    /// equal user and the committed expectations (kernel-patches/expected/).
+    /// equal user and the committed expectations (xtask/tests/expected/).
     PatchBootVerify {
         /// Rewrite the committed expectations from this run.
         #[arg(long)]

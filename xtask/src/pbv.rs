@@ -2,7 +2,7 @@
 //! guest sees the feature: the series' selftest, every PPIN scenario and the Linux-guest
 //! verify with backend `kernel` and with backend `user` on 1 and 2 vCPUs. The kernel's
 //! verdicts must equal the userspace model's (the oracle) and the committed expectations in
-//! `kernel-patches/expected/`.
+//! `xtask/tests/expected/`.
 
 use std::path::{Path, PathBuf};
 
@@ -57,7 +57,7 @@ pub fn jobs() -> Vec<String> {
 
 /// Where the committed expectations live.
 pub fn expected_dir() -> PathBuf {
-    workspace_root().join("kernel-patches/expected")
+    workspace_root().join("xtask/tests/expected")
 }
 
 /// A job's view with the backend named neutrally, so kernel and user compare equal.
@@ -273,8 +273,8 @@ pub fn check(run: &LabRun, ran: &[String], bless: bool) -> Result<Vec<Check>, Xt
 }
 
 /// An expectation as an insta snapshot file (the header `cargo insta review` reads, then the
-/// view as pretty JSON), so `cargo insta review --workspace-root kernel-patches` reviews a
-/// run's differences like any other snapshot.
+/// view as pretty JSON), so `cargo insta review --workspace` reviews a run's differences like
+/// any other snapshot.
 pub fn snapshot_text(view: &Value) -> String {
     format!(
         "---\nsource: xtask/src/pbv.rs\nexpression: view\n---\n{}\n",

@@ -12,9 +12,9 @@ fn spawn(tool: &str) -> impl Fn(std::io::Error) -> XtaskError + '_ {
     }
 }
 
-/// `cargo insta review` over the workspace's test snapshots, then over patch-boot-verify's
-/// expectations (kernel-patches/expected/, insta snapshot files outside any package, hence
-/// `--workspace-root kernel-patches`); cargo-insta is installed when missing.
+/// `cargo insta review --workspace`: the tests' snapshots and patch-boot-verify's committed
+/// expectations (xtask/tests/expected/, insta snapshot files); cargo-insta is installed when
+/// missing.
 pub fn review() -> Result<bool, XtaskError> {
     let installed = Command::new("cargo")
         .args(["insta", "--version"])
@@ -25,21 +25,12 @@ pub fn review() -> Result<bool, XtaskError> {
     if !installed {
         xtask::cargo_install("cargo-insta")?;
     }
-    let root = xtask::workspace_root();
-    let mut ok = true;
-    for extra in [
-        &["--workspace"][..],
-        &["--workspace-root", "kernel-patches"],
-    ] {
-        let status = Command::new("cargo")
-            .args(["insta", "review"])
-            .args(extra)
-            .current_dir(&root)
-            .status()
-            .map_err(spawn("cargo insta review"))?;
-        ok &= status.success();
-    }
-    Ok(ok)
+    let status = Command::new("cargo")
+        .args(["insta", "review", "--workspace"])
+        .current_dir(xtask::workspace_root())
+        .status()
+        .map_err(spawn("cargo insta review"))?;
+    Ok(status.success())
 }
 
 /// Shell completions (bash, zsh, fish) and man pages of kvmcap (its hidden `completions` and
