@@ -22,6 +22,10 @@ pub fn run(
     with_lab: bool,
 ) -> Result<String, XtaskError> {
     let runs = if quick { 20 } else { 50 };
+    // Progress on stderr: each step takes seconds to minutes.
+    let steps = 3 + usize::from(with_lab) + usize::from(with_edit_loop);
+    let step = |k: usize, what: &str| eprintln!("xtask: bench {k}/{steps}: {what}");
+    step(1, "the bare probe against the C floor");
     let kvmcap = build_kvmcap()?;
     let floor = build_floor()?;
     let catalog: Vec<String> = msr_probe::Catalog::builtin()
@@ -36,14 +40,20 @@ pub fn run(
     let floor_bench = bare_probe(&kvmcap, &floor, runs, &catalog)?;
     let kvmcap_bare = floor_bench.kvmcap.clone();
     let mut benches = vec![floor_bench];
+    step(2, "the bare probe under QEMU (microvm, then pc)");
     if let Some(k) = &kvmcap_bare {
         benches.extend(bare_probe_qemu(&kvmcap, k, runs, catalog.len())?);
     }
+    step(3, "one guest MSR access, user backend and KVM");
     benches.extend(msr_cost(&kvmcap, if quick { 10 } else { 20 })?);
+    let mut k = 3;
     if with_lab {
+        k += 1;
+        step(k, "the bench lab (Linux guest boots, access costs in the lab)");
         benches.extend(bench_lab::lab_benches(quick)?);
     }
     if with_edit_loop {
+        step(k + 1, "the edit loops (kernel rebuilds, patch-boot-verify)");
         benches.extend(bench_loop::loops(if quick { 1 } else { 3 }, !quick)?);
     }
     write_report(&benches, json_path)
