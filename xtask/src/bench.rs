@@ -49,7 +49,10 @@ pub fn run(
     let mut k = 3;
     if with_lab {
         k += 1;
-        step(k, "the bench lab (Linux guest boots, access costs in the lab)");
+        step(
+            k,
+            "the bench lab (Linux guest boots, access costs in the lab)",
+        );
         benches.extend(bench_lab::lab_benches(quick)?);
     }
     if with_edit_loop {
