@@ -101,8 +101,14 @@ fn svg(benches: &[Bench]) -> String {
             (x1, xr - x1)
         };
         let mid = y + 9;
+        // The ratio's text right of the whisker, or left of the bar near the right edge.
+        let (tx, anchor) = if x(r.high).max(xr) + 8.0 > right - 160.0 {
+            (x(r.low).min(xr).min(x1) - 8.0, " text-anchor=\"end\"")
+        } else {
+            (x(r.high).max(xr) + 8.0, "")
+        };
         s.push_str(&format!(
-            "<rect x=\"{bx:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"18\" fill=\"{}\"/>\n<line x1=\"{:.1}\" y1=\"{mid}\" x2=\"{:.1}\" y2=\"{mid}\" stroke=\"#222\"/>\n<line x1=\"{:.1}\" y1=\"{}\" x2=\"{:.1}\" y2=\"{}\" stroke=\"#222\"/>\n<line x1=\"{:.1}\" y1=\"{}\" x2=\"{:.1}\" y2=\"{}\" stroke=\"#222\"/>\n<text x=\"{:.1}\" y=\"{}\">{}</text>\n",
+            "<rect x=\"{bx:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"18\" fill=\"{}\"/>\n<line x1=\"{:.1}\" y1=\"{mid}\" x2=\"{:.1}\" y2=\"{mid}\" stroke=\"#222\"/>\n<line x1=\"{:.1}\" y1=\"{}\" x2=\"{:.1}\" y2=\"{}\" stroke=\"#222\"/>\n<line x1=\"{:.1}\" y1=\"{}\" x2=\"{:.1}\" y2=\"{}\" stroke=\"#222\"/>\n<text x=\"{:.1}\" y=\"{}\"{}>{}</text>\n",
             bw.max(1.0),
             if r.ratio <= 1.0 { "#3a7" } else { "#c64" },
             x(r.low),
@@ -115,8 +121,9 @@ fn svg(benches: &[Bench]) -> String {
             mid - 5,
             x(r.high),
             mid + 5,
-            x(r.high).max(xr) + 8.0,
+            tx,
             y + 14,
+            anchor,
             escape(&ratio_text(r.ratio))
         ));
         for (k, line) in r.label.iter().enumerate() {
