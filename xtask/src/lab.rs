@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use msr_probe::frame::decode_all;
 
+pub use crate::lab_run::{JobOutcome, LabRun};
 use crate::XtaskError;
-use kvmcap::report::results::Suite;
 
 /// The PPIN every lab job's host source supplies (the `explicit` source).
 pub const LAB_PPIN: &str = "MSR_PPIN=0x1122334455667788";
@@ -70,126 +70,6 @@ pub fn run_with_progress(o: &LabOptions) -> Result<LabRun, XtaskError> {
 fn begun(line: &str) -> Option<&str> {
     let rest = &line[line.find("@kvmcap:B:0:")? + "@kvmcap:B:0:".len()..];
     rest.split_once(':').map(|(_, name)| name.trim_end())
-}
-
-/// One job's result as the lab reported it.
-#[derive(Clone, Debug)]
-pub struct JobOutcome {
-    /// The job.
-    pub job: String,
-    /// Whether it passed.
-    pub pass: bool,
-    /// The machine-independent view.
-    pub snapshot: serde_json::Value,
-    /// The full report.
-    pub report: serde_json::Value,
-    /// Wall time in the lab from the job's start to its verdict.
-    pub job_ms: Option<f64>,
-    /// The job's cases (for KTAP and JUnit).
-    pub suite: Option<Suite>,
-    /// Exit accounting per vCPU, as the lab reported it (JSON: `exits`, `exit_total`,
-    /// `kvm_run_ms`, `vmm_ms`).
-    pub stats: serde_json::Value,
-}
-
-impl JobOutcome {
-    /// Exits, MSR exits, I/O exits, ms in KVM_RUN and ms in the VMM, summed over vCPUs.
-    pub fn exit_totals(&self) -> (u64, u64, u64, f64, f64) {
-        let cpus = self.stats.as_array().map(Vec::as_slice).unwrap_or(&[]);
-        let n = |v: &serde_json::Value, k: &str| v["exits"][k].as_u64().unwrap_or(0);
-        cpus.iter().fold((0, 0, 0, 0.0, 0.0), |t, v| {
-            (
-                t.0 + v["exit_total"].as_u64().unwrap_or(0),
-                t.1 + n(v, "msr_read") + n(v, "msr_write"),
-                t.2 + n(v, "io_in") + n(v, "io_out"),
-                t.3 + v["kvm_run_ms"].as_f64().unwrap_or(0.0),
-                t.4 + v["vmm_ms"].as_f64().unwrap_or(0.0),
-            )
-        })
-    }
-}
-
-/// What the lab produced.
-#[derive(Clone, Debug)]
-pub struct LabRun {
-    /// Per job, in order; a job with no report is an error naming it.
-    pub jobs: Vec<Result<JobOutcome, String>>,
-    /// From QEMU's start to its exit.
-    pub elapsed: Duration,
-    /// The console log (of the first lab, with shards).
-    pub console_log: PathBuf,
-    /// How many labs ran the jobs in parallel.
-    pub shards: usize,
-}
-
-impl LabRun {
-    /// Whether every job reported and passed.
-    pub fn pass(&self) -> bool {
-        self.jobs.iter().all(|j| j.as_ref().is_ok_and(|j| j.pass))
-    }
-
-    /// Every job's cases, in the jobs' order; a job that gave no report is a suite with its
-    /// error (a failure).
-    pub fn suites(&self, jobs: &[String]) -> Vec<Suite> {
-        jobs.iter()
-            .zip(&self.jobs)
-            .map(|(name, j)| match j {
-                Ok(JobOutcome { suite: Some(s), .. }) => s.clone(),
-                Ok(o) => Suite {
-                    name: o.job.clone(),
-                    time_ms: o.job_ms.unwrap_or(0.0),
-                    cases: Vec::new(),
-                    error: Some("the job's report has no cases".into()),
-                },
-                Err(e) => Suite {
-                    name: name.clone(),
-                    time_ms: 0.0,
-                    cases: Vec::new(),
-                    error: Some(e.clone()),
-                },
-            })
-            .collect()
-    }
-
-    /// The summary table: each job's verdict, time and exit accounting (exits in all, MSR and
-    /// I/O exits, ms inside KVM_RUN against ms in kvmcap's VMM, summed over vCPUs).
-    pub fn table(&self) -> String {
-        let mut out = format!(
-            "{:<38} {:<7} {:>9} {:>8} {:>6} {:>6} {:>10} {:>8}\n",
-            "LAB JOB", "VERDICT", "JOB ms", "EXITS", "MSR", "IO", "KVM_RUN ms", "VMM ms"
-        );
-        for j in &self.jobs {
-            match j {
-                Ok(o) => {
-                    let (exits, msr, io, run, vmm) = o.exit_totals();
-                    out.push_str(&format!(
-                        "{:<38} {:<7} {:>9} {:>8} {:>6} {:>6} {:>10.1} {:>8.1}\n",
-                        o.job,
-                        if o.pass { "PASS" } else { "FAIL" },
-                        o.job_ms.map_or("-".into(), |t| format!("{t:.0}")),
-                        exits,
-                        msr,
-                        io,
-                        run,
-                        vmm
-                    ))
-                }
-                Err(e) => out.push_str(&format!("{:<38} ERROR {e}\n", "?")),
-            }
-        }
-        out.push_str(&format!(
-            "{} in {:.1} s{} (console: {})\n",
-            if self.pass() { "PASS" } else { "FAIL" },
-            self.elapsed.as_secs_f64(),
-            if self.shards > 1 {
-                format!(", {} labs in parallel", self.shards)
-            } else {
-                String::new()
-            },
-            self.console_log.display()
-        ));
-        out
-    }
 }
 
 /// The host's TSC frequency in kHz (the lab kernel must not calibrate against the PIT under
