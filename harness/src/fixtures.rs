@@ -81,6 +81,40 @@ pub fn find(kind: Kind, name: &str) -> Option<Found> {
         .map(|(_, text)| Found::Builtin(text))
 }
 
+/// Why a named file could not be had.
+#[derive(Debug)]
+pub enum Missing {
+    /// No file of that name (the known names attached).
+    Unknown {
+        /// The names known, comma-separated.
+        known: String,
+    },
+    /// The file is there but cannot be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The text of `name_or_path` of `kind` and its origin for messages: a path is read as it is;
+/// a name is the user's file, else the built-in one ([`find`]).
+pub fn text(kind: Kind, name_or_path: &str) -> Result<(String, String), Missing> {
+    let read = |path: PathBuf| match std::fs::read_to_string(&path) {
+        Ok(t) => Ok((t, path.display().to_string())),
+        Err(source) => Err(Missing::Read { path, source }),
+    };
+    if is_path(name_or_path) {
+        return read(PathBuf::from(name_or_path));
+    }
+    match find(kind, name_or_path) {
+        Some(Found::File(path)) => read(path),
+        Some(Found::Builtin(t)) => Ok((t.to_owned(), format!("{name_or_path} (built in)"))),
+        None => Err(Missing::Unknown { known: names(kind) }),
+    }
+}
+
 /// One listed file.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Entry {

@@ -2,13 +2,12 @@
 //! [`FeatureSpec`]. Every semantic error names the file, the line and the key.
 
 use std::ops::Range;
-use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::spec::*;
-use crate::fixtures::{self, Found, Kind};
+use crate::fixtures::{self, Kind, Missing};
 use crate::kvm::cap_by_name;
 use crate::x86::cpuid::{CpuVendor, CpuidBit};
 use msr_probe::{Catalog, MsrIndex};
@@ -162,25 +161,13 @@ impl FeatureSpec {
     /// A feature by name (the user's fixtures directory, then the built-in ones: see
     /// [`crate::fixtures`]), or a feature file by path.
     pub fn find(name_or_path: &str, catalog: &Catalog) -> Result<Self, FeatureError> {
-        let read = |path: &Path| {
-            let text = std::fs::read_to_string(path).map_err(|source| FeatureError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            Self::parse(&text, &path.display().to_string(), catalog)
-        };
-        if fixtures::is_path(name_or_path) {
-            return read(Path::new(name_or_path));
-        }
-        match fixtures::find(Kind::Feature, name_or_path) {
-            Some(Found::File(path)) => read(&path),
-            Some(Found::Builtin(text)) => {
-                Self::parse(text, &format!("{name_or_path} (built in)"), catalog)
-            }
-            None => Err(FeatureError::Unknown {
+        match fixtures::text(Kind::Feature, name_or_path) {
+            Ok((text, origin)) => Self::parse(&text, &origin, catalog),
+            Err(Missing::Unknown { known }) => Err(FeatureError::Unknown {
                 name: name_or_path.to_owned(),
-                known: fixtures::names(Kind::Feature),
+                known,
             }),
+            Err(Missing::Read { path, source }) => Err(FeatureError::Read { path, source }),
         }
     }
 

@@ -25,14 +25,14 @@
 //! paths, with `expect_end = "shutdown"` or `"timeout"`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::features::{Announce, FeatureError, FeatureSpec};
-use crate::fixtures::{self, Found, Kind};
+use crate::fixtures::{self, Kind, Missing};
 use crate::vmm::error::VmmError;
 use msr_probe::{Catalog, MsrIndex};
 
@@ -291,25 +291,13 @@ fn expect(v: &Option<toml::Value>) -> Result<Expect, String> {
 impl Scenario {
     /// Loads a scenario by path, or by name from `fixtures/scenarios/`.
     pub fn find(name_or_path: &str, catalog: &Catalog) -> Result<Self, ScenarioError> {
-        let read = |path: &Path| {
-            let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            Self::parse(&text, &path.display().to_string(), catalog)
-        };
-        if fixtures::is_path(name_or_path) {
-            return read(Path::new(name_or_path));
-        }
-        match fixtures::find(Kind::Scenario, name_or_path) {
-            Some(Found::File(path)) => read(&path),
-            Some(Found::Builtin(text)) => {
-                Self::parse(text, &format!("{name_or_path} (built in)"), catalog)
-            }
-            None => Err(ScenarioError::Unknown {
+        match fixtures::text(Kind::Scenario, name_or_path) {
+            Ok((text, origin)) => Self::parse(&text, &origin, catalog),
+            Err(Missing::Unknown { known }) => Err(ScenarioError::Unknown {
                 name: name_or_path.to_owned(),
-                known: fixtures::names(Kind::Scenario),
+                known,
             }),
+            Err(Missing::Read { path, source }) => Err(ScenarioError::Read { path, source }),
         }
     }
 

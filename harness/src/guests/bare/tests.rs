@@ -122,7 +122,7 @@ fn compiled_code_disassembles_to_the_documented_sequence() {
     );
 }
 
-/// The IDT sends #GP to the handler and every other vector to its stub, at the offsets
+/// The IDT sends #GP to the handler and every other vector to its own entry code, at the offsets
 /// `probe.S` fixes with `.org`.
 #[test]
 fn idt_points_at_the_handlers() {
@@ -136,7 +136,7 @@ fn idt_points_at_the_handlers() {
     };
     assert_eq!(gate(13), CODE_ADDR + GP_HANDLER);
     assert_eq!(gate(14), CODE_ADDR + VECTOR_STUBS + 14 * VECTOR_STUB_SIZE);
-    // Each stub starts with `mov $vector, %eax` (b8 imm32).
+    // Each vector's entry code starts with `mov $vector, %eax` (b8 imm32).
     for v in [0u64, 6, 14, 31] {
         let at = (VECTOR_STUBS + v * VECTOR_STUB_SIZE) as usize;
         assert_eq!(PROBE_IMAGE[at], 0xb8, "vector {v}");
