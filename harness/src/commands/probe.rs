@@ -14,7 +14,7 @@ use crate::report::{Report, Row, RunFingerprint};
 use crate::vmm::error::{Limits, VmmError};
 use crate::vmm::machine::OpenVm;
 use crate::vmm::vcpu::VcpuEnd;
-use msr_probe::{Catalog, Fingerprint, MsrIndex, Reading, Rule, Unavailable};
+use msr_probe::{Catalog, MsrIndex, Reading, Rule, Unavailable};
 
 /// What to probe.
 pub struct ProbeRequest<'a> {
@@ -67,23 +67,19 @@ pub fn fingerprint(
     guest: &str,
     host: &HostSources,
 ) -> RunFingerprint {
-    let me = Fingerprint::of_running_system();
-    RunFingerprint {
-        kernel: me.kernel,
-        cpu_vendor: me.cpu_vendor,
-        cpu_model: me.cpu_model,
-        guest_vendor: outcome.vendor,
-        guest: guest.into(),
-        feature: feature.map(|f| f.name.clone()),
+    RunFingerprint::of_this_host(
+        guest,
+        outcome.vendor,
+        feature,
         backend,
-        vcpus: outcome.ends.len(),
-        host_sources: host.describe(),
-        announced: outcome
+        outcome.ends.len(),
+        host,
+        outcome
             .model_inputs
             .as_ref()
             .map(|i| i.announced.clone())
             .unwrap_or_default(),
-    }
+    )
 }
 
 /// The host's value of `index`; for a PPIN value MSR the host's PPIN under either vendor's

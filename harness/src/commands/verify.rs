@@ -14,7 +14,7 @@ use crate::vmm::error::{Limits, VmmError};
 use crate::vmm::machine::FeatureRun;
 use crate::vmm::vcpu::VcpuEnd;
 use crate::x86::cpuid::CpuVendor;
-use msr_probe::{Catalog, Fingerprint, MsrIndex, ProbeReport};
+use msr_probe::{Catalog, MsrIndex, ProbeReport};
 
 /// What to verify.
 pub struct VerifyRequest<'a> {
@@ -247,7 +247,6 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
         req.host,
         catalog,
     );
-    let me = Fingerprint::of_running_system();
     let notes = if guest.fingerprint.kernel.is_empty() {
         Vec::new()
     } else {
@@ -259,22 +258,19 @@ pub fn verify_linux(req: &VerifyRequest<'_>, catalog: &Catalog) -> Result<Report
     Ok(Report {
         schema: crate::report::document::ReportV1,
         pass: false,
-        fingerprint: RunFingerprint {
-            kernel: me.kernel,
-            cpu_vendor: me.cpu_vendor,
-            cpu_model: me.cpu_model,
-            guest_vendor: outcome.vendor,
-            guest: "linux".into(),
-            feature: req.feature.map(|f| f.name.clone()),
-            backend: req.backend,
-            vcpus: outcome.ends.len(),
-            host_sources: req.host.describe(),
-            announced: outcome
+        fingerprint: RunFingerprint::of_this_host(
+            "linux",
+            outcome.vendor,
+            req.feature,
+            req.backend,
+            outcome.ends.len(),
+            req.host,
+            outcome
                 .model_inputs
                 .as_ref()
                 .map(|i| i.announced.clone())
                 .unwrap_or_default(),
-        },
+        ),
         negotiation: outcome.negotiation.clone(),
         vcpus: outcome
             .ends
@@ -336,7 +332,7 @@ mod tests {
         let report = |cpus: Vec<CpuReadings>| ProbeReport {
             tool: "t".into(),
             source: "devmsr".into(),
-            fingerprint: Fingerprint::default(),
+            fingerprint: msr_probe::Fingerprint::default(),
             cpus,
         };
         assert!(validate(&report(vec![cpu(0, &msrs), cpu(1, &msrs)]), 2, &msrs).is_ok());

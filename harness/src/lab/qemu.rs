@@ -16,7 +16,7 @@ use crate::guests::linux::BASE_CMDLINE;
 use crate::host::HostSources;
 use crate::report::{Report, RunFingerprint};
 use msr_probe::frame::{Decoder, Frame, Progress};
-use msr_probe::{Catalog, Fingerprint, MsrIndex, ProbeReport};
+use msr_probe::{Catalog, MsrIndex, ProbeReport};
 
 /// The guest command line QEMU gets: kvmcap's own ([`BASE_CMDLINE`], `noxsave` as the lab's
 /// `verify` adds it, and the probe words of `verify`) without the report window, which only
@@ -237,22 +237,18 @@ pub fn judge_qemu_run(
         host,
         catalog,
     );
-    let me = Fingerprint::of_running_system();
     Ok(Report {
         schema: crate::report::document::ReportV1,
         pass: false,
-        fingerprint: RunFingerprint {
-            kernel: me.kernel,
-            cpu_vendor: me.cpu_vendor,
-            cpu_model: me.cpu_model,
-            guest_vendor: vendor,
-            guest: "linux".into(),
-            feature: Some(spec.name.clone()),
-            backend: job.backend,
-            vcpus: guest.cpus.len(),
-            host_sources: host.describe(),
-            announced: inputs.announced.clone(),
-        },
+        fingerprint: RunFingerprint::of_this_host(
+            "linux",
+            vendor,
+            Some(spec),
+            job.backend,
+            guest.cpus.len(),
+            host,
+            inputs.announced.clone(),
+        ),
         negotiation: Vec::new(),
         vcpus: Vec::new(),
         stats: Vec::new(),

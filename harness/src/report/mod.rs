@@ -49,6 +49,35 @@ pub struct RunFingerprint {
     pub announced: Vec<CpuVendor>,
 }
 
+impl RunFingerprint {
+    /// A run on this host (its kernel and CPU read now) of `guest` (`bare`, `linux`) whose CPU
+    /// is `guest_vendor`, with `feature` through `backend` on `vcpus` vCPUs, the guest's CPUID
+    /// announcing the pairs of `announced`.
+    pub fn of_this_host(
+        guest: &str,
+        guest_vendor: CpuVendor,
+        feature: Option<&FeatureSpec>,
+        backend: Backend,
+        vcpus: usize,
+        host: &crate::host::HostSources,
+        announced: Vec<CpuVendor>,
+    ) -> Self {
+        let me = msr_probe::Fingerprint::of_running_system();
+        Self {
+            kernel: me.kernel,
+            cpu_vendor: me.cpu_vendor,
+            cpu_model: me.cpu_model,
+            guest_vendor,
+            guest: guest.into(),
+            feature: feature.map(|f| f.name.clone()),
+            backend,
+            vcpus,
+            host_sources: host.describe(),
+            announced,
+        }
+    }
+}
+
 /// One (cpu, msr) of a report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
