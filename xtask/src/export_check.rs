@@ -6,7 +6,6 @@
 //! KVM_WERROR=y WERROR=y`, `arch/x86/kvm/` and the selftest the series adds.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::check::{self, Row};
 use crate::kernel::{Kernel, SourceTree};
@@ -48,22 +47,7 @@ pub fn pristine_git(kernel: Kernel, base: &SourceTree) -> Result<PathBuf, XtaskE
         std::fs::remove_dir_all(&root).map_err(io(&root))?;
     }
     std::fs::create_dir_all(&root).map_err(io(&root))?;
-    let status = Command::new("cp")
-        .arg("-al")
-        .arg(&base.dir)
-        .arg(&dir)
-        .status()
-        .map_err(|source| XtaskError::Spawn {
-            tool: "cp".into(),
-            source,
-        })?;
-    if !status.success() {
-        return Err(XtaskError::Build {
-            command: format!("cp -al {} {}", base.dir.display(), dir.display()),
-            status: status.to_string(),
-            tail: String::new(),
-        });
-    }
+    crate::patches::hardlink_copy(&base.dir, &dir)?;
     git_ok(&dir, &["init", "-q", "-b", "pristine"])?;
     // -f: Debian's .gitignore ignores everything at the top level (its packaging's idiom).
     git_ok(&dir, &["add", "-A", "-f"])?;
@@ -182,7 +166,7 @@ mod tests {
     use super::*;
 
     fn sh(dir: &Path, args: &[&str]) {
-        let ok = Command::new("git")
+        let ok = std::process::Command::new("git")
             .arg("-C")
             .arg(dir)
             .args(["-c", "user.name=t", "-c", "user.email=t@t"])

@@ -127,22 +127,7 @@ pub fn apply_patches(
     if !base_ok {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).map_err(io(&root))?;
-        let status = Command::new("cp")
-            .arg("-al")
-            .arg(&pristine.dir)
-            .arg(&tree)
-            .status()
-            .map_err(|source| XtaskError::Spawn {
-                tool: "cp".into(),
-                source,
-            })?;
-        if !status.success() {
-            return Err(XtaskError::Build {
-                command: "cp -al (hard-linked source copy)".into(),
-                status: status.to_string(),
-                tail: String::new(),
-            });
-        }
+        hardlink_copy(&pristine.dir, &tree)?;
         std::fs::write(&base_stamp, &pristine.version).map_err(io(&base_stamp))?;
     }
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == hash) {
@@ -236,6 +221,28 @@ pub fn apply_patches(
     std::fs::write(&touched_file, touched.join("\n")).map_err(io(&touched_file))?;
     std::fs::write(&stamp, &hash).map_err(io(&stamp))?;
     Ok(SourceTree { dir: tree, version })
+}
+
+/// Copies the tree `from` to `to` with hard links (`cp -al`): seconds, not a full copy; a
+/// patched file is rewritten, never edited in place, so the original stays pristine.
+pub fn hardlink_copy(from: &Path, to: &Path) -> Result<(), XtaskError> {
+    let status = Command::new("cp")
+        .arg("-al")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(|source| XtaskError::Spawn {
+            tool: "cp".into(),
+            source,
+        })?;
+    if !status.success() {
+        return Err(XtaskError::Build {
+            command: format!("cp -al {} {}", from.display(), to.display()),
+            status: status.to_string(),
+            tail: String::new(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
