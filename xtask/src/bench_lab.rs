@@ -153,6 +153,7 @@ mod tests {
             job_ms: Some(job_ms),
             suite: None,
             stats: Value::Null,
+            first_attempt: None,
         }
     }
 

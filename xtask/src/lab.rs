@@ -317,18 +317,30 @@ fn run_one(o: &LabOptions) -> Result<LabRun, XtaskError> {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    if timed_out {
-        return Err(XtaskError::Lab {
-            problem: format!(
-                "the lab did not finish within {} s (hung or too slow)",
-                o.deadline.as_secs()
-            ),
-            tail: tail(),
-        });
-    }
+    let ended = || {
+        format!(
+            "the lab did not finish within {} s (hung or too slow)",
+            o.deadline.as_secs()
+        )
+    };
     let mut jobs = Vec::new();
     let mut frames = decode_all(&framed_text(&text)).into_iter();
+    // A lab ended at its deadline keeps the reports it printed: the job it was running is
+    // named, the jobs after it are not run.
+    let mut running_named = false;
     for job in &o.jobs {
+        if timed_out && running_named && frames.len() == 0 {
+            jobs.push(Err(format!("{job}: not run ({})", ended())));
+            continue;
+        }
+        if timed_out && frames.len() == 0 {
+            running_named = true;
+            jobs.push(Err(format!(
+                "{job}: no report; it was running when {}",
+                ended()
+            )));
+            continue;
+        }
         let outcome = match frames.next() {
             Some(Ok(f)) if &f.stream == job => {
                 serde_json::from_str::<serde_json::Value>(&f.document())
@@ -341,6 +353,7 @@ fn run_one(o: &LabOptions) -> Result<LabRun, XtaskError> {
                         job_ms: v["job_ms"].as_f64(),
                         suite: serde_json::from_value(v["suite"].clone()).ok(),
                         stats: v["stats"].clone(),
+                        first_attempt: v["first_attempt"].as_str().map(str::to_owned),
                     })
             }
             Some(Ok(f)) => Err(format!("{job}: the lab reported `{}` instead", f.stream)),
@@ -351,7 +364,11 @@ fn run_one(o: &LabOptions) -> Result<LabRun, XtaskError> {
     }
     if jobs.iter().all(|j| j.is_err()) {
         return Err(XtaskError::Lab {
-            problem: "the lab printed no report at all".into(),
+            problem: if timed_out {
+                ended()
+            } else {
+                "the lab printed no report at all".into()
+            },
             tail: tail(),
         });
     }

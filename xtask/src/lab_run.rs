@@ -24,6 +24,9 @@ pub struct JobOutcome {
     /// Exit accounting per vCPU, as the lab reported it (JSON: `exits`, `exit_total`,
     /// `kvm_run_ms`, `vmm_ms`).
     pub stats: serde_json::Value,
+    /// How the job's first attempt ended when the lab ran it twice (it hung: the lab's /init
+    /// killed it at its budget and ran it again; `kvmcap::lab::isolate`).
+    pub first_attempt: Option<String>,
 }
 
 impl JobOutcome {
@@ -106,7 +109,12 @@ impl LabRun {
                         io,
                         run,
                         vmm
-                    ))
+                    ));
+                    if let Some(why) = &o.first_attempt {
+                        let mut why = why.clone();
+                        why.truncate(300);
+                        out.push_str(&format!("    {} ran twice; first attempt {why}\n", o.job));
+                    }
                 }
                 Err(e) => out.push_str(&format!("{:<38} ERROR {e}\n", "?")),
             }

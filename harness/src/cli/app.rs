@@ -417,7 +417,7 @@ pub fn run(cli: Cli) -> Result<bool, Failure> {
         fixtures::set_user_dir(dir.clone());
     }
     // The lab's console is a terminal, but what lab-init prints is read by xtask: no colour.
-    let lab = matches!(cli.command, Command::LabInit);
+    let lab = matches!(cli.command, Command::LabInit | Command::LabJob { .. });
     crate::report::style::set(crate::report::style::Style {
         color: !lab && crate::report::style::color_for_stdout(cli.color),
         verbose: lab || cli.verbose,
@@ -432,6 +432,10 @@ pub fn run(cli: Cli) -> Result<bool, Failure> {
         Command::Verify(o) => cmd_verify(kvm, o),
         Command::List(o) => cmd_list(o),
         Command::LabInit => cmd_lab_init(),
+        Command::LabJob { job } => {
+            let catalog = catalog()?;
+            crate::lab::init::run_one(job, &catalog).map_err(|e| fail(exit::USAGE, e))
+        }
         Command::LabCheck { jobs } => {
             let catalog = catalog()?;
             let jobs = crate::lab::parse_jobs(jobs).map_err(|e| fail(exit::USAGE, e))?;

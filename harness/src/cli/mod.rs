@@ -80,6 +80,12 @@ pub enum Command {
     /// The lab host's /init (also chosen when kvmcap runs as PID 1): runs KVMCAP_LAB_JOBS.
     #[command(hide = true)]
     LabInit,
+    /// One lab job, its result as JSON on standard output (the lab's /init runs each job so).
+    #[command(hide = true)]
+    LabJob {
+        /// The job (KIND:SUBJECT:BACKEND:VCPUS[:PAIR]).
+        job: String,
+    },
     /// Check lab jobs (KIND:SUBJECT:BACKEND:VCPUS[:PAIR], comma-separated) on this host:
     /// `cargo xtask lab` runs it before building or booting anything.
     #[command(hide = true)]

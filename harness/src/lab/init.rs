@@ -25,8 +25,9 @@ pub fn mount_if_pid1() -> bool {
     pid1
 }
 
-/// Runs every job of `KVMCAP_LAB_JOBS` with the host values of `KVMCAP_LAB_HOST`, printing
-/// each result framed on the console, then `kvmcap lab: done`; as PID 1 it then reboots (the
+/// Runs every job of `KVMCAP_LAB_JOBS` with the host values of `KVMCAP_LAB_HOST`, each in its
+/// own process under a time budget ([`super::isolate`]), printing each result framed on the
+/// console, then `kvmcap lab: done`; as PID 1 it then reboots (the
 /// lab's QEMU runs with -no-reboot, so that ends it). Whether every job passed.
 pub fn run(catalog: &Catalog, pid1: bool) -> bool {
     use std::io::Write;
@@ -35,22 +36,26 @@ pub fn run(catalog: &Catalog, pid1: bool) -> bool {
         crate::fixtures::set_user_dir("/".into());
     }
     let jobs_text = std::env::var("KVMCAP_LAB_JOBS").unwrap_or_default();
-    let host: Vec<String> = std::env::var("KVMCAP_LAB_HOST")
-        .unwrap_or_default()
-        .split('+')
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let host: Vec<String> = host_values();
     let paths = super::LabPaths::default();
     let mut out = std::io::stdout().lock();
     let mut all_pass = true;
     match super::parse_jobs(&jobs_text) {
         Ok(jobs) => {
             let _ = writeln!(out, "kvmcap lab: {} job(s)", jobs.len());
+            // Each job in its own process when kvmcap can find itself (it always can as the
+            // lab's /init); otherwise in this one.
+            let exe = std::env::current_exe().ok();
             for job in &jobs {
-                let result = super::run_job(job, &paths, &host, catalog);
-                all_pass &= result.pass;
-                let doc = serde_json::to_string(&result).unwrap_or_default();
+                let doc = match &exe {
+                    Some(exe) => {
+                        super::isolate::run_job_isolated(exe, job, super::isolate::JOB_BUDGET)
+                    }
+                    None => serde_json::to_string(&super::run_job(job, &paths, &host, catalog))
+                        .unwrap_or_default(),
+                };
+                all_pass &= serde_json::from_str::<serde_json::Value>(&doc)
+                    .is_ok_and(|v| v["pass"] == true);
                 match msr_probe::frame::encode_document(&job.name(), &doc) {
                     Ok(lines) => {
                         for l in lines {
@@ -80,4 +85,32 @@ pub fn run(catalog: &Catalog, pid1: bool) -> bool {
         }
     }
     all_pass
+}
+
+/// `kvmcap lab-job JOB`: runs one lab job in this process and prints its result as JSON on
+/// standard output (the lab's /init runs each job so, under a budget). Whether it passed.
+pub fn run_one(job_text: &str, catalog: &Catalog) -> Result<bool, String> {
+    use std::io::Write;
+    let jobs = super::parse_jobs(job_text)?;
+    let [job] = &jobs[..] else {
+        return Err(format!("lab-job: one job, not {}", jobs.len()));
+    };
+    let host: Vec<String> = host_values();
+    let result = super::run_job(job, &super::LabPaths::default(), &host, catalog);
+    let doc = serde_json::to_string(&result).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{doc}")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("lab-job: standard output: {e}"))?;
+    Ok(result.pass)
+}
+
+/// The host values of `KVMCAP_LAB_HOST` (`NAME=VALUE` words separated by `+`).
+fn host_values() -> Vec<String> {
+    std::env::var("KVMCAP_LAB_HOST")
+        .unwrap_or_default()
+        .split('+')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }

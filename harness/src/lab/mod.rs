@@ -466,6 +466,7 @@ mod tests {
 
 mod cost;
 pub mod init;
+pub mod isolate;
 mod jobs;
 mod qemu;
 
