@@ -21,6 +21,7 @@ pub mod initramfs;
 pub mod kbuild;
 pub mod kernel;
 pub mod lab;
+pub mod lab_boot;
 pub mod lab_run;
 pub mod measure;
 pub mod mutants;

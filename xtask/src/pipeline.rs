@@ -38,6 +38,8 @@ impl Artifacts {
             deadline: std::time::Duration::from_secs(900),
             console_log,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            stall: lab::STALL,
+            qemu: None,
         }
     }
 }
