@@ -9,14 +9,20 @@ use std::process::Command;
 
 use crate::kernel::Kernel;
 use crate::measure::{stats, time_once, Bench};
+use crate::pbv::Tier;
 use crate::{kbuild, patches, pbv, selftest, target_dir, workspace_root, XtaskError};
 
 /// The main line's MSR source file, as the series changes it.
 pub const MSR_SOURCE: &str = "arch/x86/kvm/x86.c";
 
-/// One `cargo xtask patch-boot-verify --kernel KERNELS`, in milliseconds; red is an error.
-pub fn patch_boot_verify(kernels: &str) -> Result<f64, XtaskError> {
+/// One `cargo xtask patch-boot-verify --kernel KERNELS --tier TIER`, in milliseconds; red is
+/// an error.
+pub fn patch_boot_verify(kernels: &str, tier: Tier) -> Result<f64, XtaskError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tier = match tier {
+        Tier::Full => "full",
+        Tier::Edit => "edit",
+    };
     time_once(Command::new(cargo).current_dir(workspace_root()).args([
         "run",
         "--quiet",
@@ -26,7 +32,19 @@ pub fn patch_boot_verify(kernels: &str) -> Result<f64, XtaskError> {
         "patch-boot-verify",
         "--kernel",
         kernels,
+        "--tier",
+        tier,
     ]))
+}
+
+/// Moves `path`'s modification time to now, its content unchanged.
+fn touch(path: &Path) -> Result<(), XtaskError> {
+    let f = std::fs::File::options()
+        .append(true)
+        .open(path)
+        .map_err(io(path))?;
+    f.set_modified(std::time::SystemTime::now())
+        .map_err(io(path))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> XtaskError + '_ {
@@ -93,37 +111,34 @@ fn first_patch() -> Result<PathBuf, XtaskError> {
         })
 }
 
-/// The three loops: `runs` samples each. With `cold`, one cold run of the main line first
+/// The loops: `runs` samples each. With `cold`, one cold run of the main line's edit tier first
 /// (see [`cold_dirs`]), the peer of both edit loops; without, an untimed run brings
 /// everything up to date.
 pub fn loops(runs: usize, cold: bool) -> Result<Vec<Bench>, XtaskError> {
-    let jobs = pbv::jobs().len();
+    let (jobs, edit_jobs) = (pbv::jobs().len(), pbv::edit_jobs().len());
     let cold_stats = if cold {
         for d in cold_dirs(Kernel::Newest)? {
             if d.exists() {
                 std::fs::remove_dir_all(&d).map_err(io(&d))?;
             }
         }
-        Some(stats(&mut [patch_boot_verify("newest")?]))
+        Some(stats(&mut [patch_boot_verify("newest", Tier::Edit)?]))
     } else {
-        patch_boot_verify("newest")?;
+        patch_boot_verify("newest", Tier::Edit)?;
         None
     };
     let cold_peer = "the same from cold: the main line's source unpacked and patched, kernel and selftest built from scratch (the downloaded package and the Rust artifacts kept)";
 
-    // The edit loop.
+    // The edit loop, in the edit tier and (interleaved) in the full tier.
     let source = patches::patched_root(Kernel::Newest)
         .join(crate::kernel::NEWEST_PACKAGE)
         .join(MSR_SOURCE);
-    let mut edit = Vec::new();
+    let (mut edit, mut edit_full) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let f = std::fs::File::options()
-            .append(true)
-            .open(&source)
-            .map_err(io(&source))?;
-        f.set_modified(std::time::SystemTime::now())
-            .map_err(io(&source))?;
-        edit.push(patch_boot_verify("newest")?);
+        touch(&source)?;
+        edit.push(patch_boot_verify("newest", Tier::Edit)?);
+        touch(&source)?;
+        edit_full.push(patch_boot_verify("newest", Tier::Full)?);
     }
 
     // The patch-edit loop: the line changed and back, alternately; the patch is restored
@@ -150,19 +165,19 @@ pub fn loops(runs: usize, cold: bool) -> Result<Vec<Bench>, XtaskError> {
         for i in 0..runs {
             let text = if i % 2 == 0 { &edited } else { &original };
             crate::write_atomic(&patch, text.as_bytes())?;
-            patch_edit.push(patch_boot_verify("newest")?);
+            patch_edit.push(patch_boot_verify("newest", Tier::Edit)?);
         }
     }
 
     // The whole matrix, nothing changed, against the main line alone (interleaved).
-    patch_boot_verify("all")?;
+    patch_boot_verify("all", Tier::Full)?;
     let (mut all, mut one) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        all.push(patch_boot_verify("all")?);
-        one.push(patch_boot_verify("newest")?);
+        all.push(patch_boot_verify("all", Tier::Full)?);
+        one.push(patch_boot_verify("newest", Tier::Full)?);
     }
     let warm_note = format!(
-        "warm: incremental kernel build (the changed file's object and the link), selftest and lab initramfs up to date, lab boot, {jobs} jobs; `cargo xtask patch-boot-verify` prints where its time goes"
+        "warm: incremental kernel build (the changed file's object and the link), selftest and lab initramfs up to date, lab boot, the edit tier's {edit_jobs} jobs (`--tier edit`: the selftest and the kernel backend's scenarios and probe, both pairs, against the committed expectations); `cargo xtask patch-boot-verify` prints where its time goes"
     );
     let note = |what: &str| {
         if cold {
@@ -173,14 +188,21 @@ pub fn loops(runs: usize, cold: bool) -> Result<Vec<Bench>, XtaskError> {
     };
     Ok(vec![
         Bench {
-            name: format!("edit loop: touch {MSR_SOURCE}, then patch-boot-verify (7.2) to a green table"),
+            name: format!("edit loop: touch {MSR_SOURCE}, then patch-boot-verify --tier edit (7.2) to a green table"),
             kvmcap: Some(stats(&mut edit)),
             peer: cold_peer.into(),
             peer_stats: cold_stats.clone(),
             note: note("the file's timestamp moved, its content unchanged"),
         },
         Bench {
-            name: format!("patch-edit loop: one changed line ({MSR_SOURCE}) in the main line's 0001, then patch-boot-verify (7.2) to a green table"),
+            name: format!("edit loop in the full tier ({jobs} jobs: kernel and user, generated cases, Linux guests)"),
+            kvmcap: Some(stats(&mut edit_full)),
+            peer: format!("the edit tier ({edit_jobs} jobs), interleaved"),
+            peer_stats: Some(stats(&mut edit.clone())),
+            note: "the same touch; what the edit tier saves".into(),
+        },
+        Bench {
+            name: format!("patch-edit loop: one changed line ({MSR_SOURCE}) in the main line's 0001, then patch-boot-verify --tier edit (7.2) to a green table"),
             kvmcap: Some(stats(&mut patch_edit)),
             peer: cold_peer.into(),
             peer_stats: cold_stats,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use xtask::kernel::Kernel;
+use xtask::pbv::Tier;
 use xtask::results::Shard;
 use xtask::XtaskError;
 
@@ -214,9 +215,13 @@ pub enum Command {
     /// scenario, explore and verify with backend kernel and user on 1 and 2 vCPUs; kernel must
     /// equal user and the committed expectations (xtask/tests/expected/).
     PatchBootVerify {
-        /// Rewrite the committed expectations from this run.
+        /// Rewrite the committed expectations from this run (full tier only).
         #[arg(long)]
         bless: bool,
+        /// How much of the matrix: `edit` is the edit loop's tier (the selftest and the kernel
+        /// backend's scenarios and probe, both pairs, against the committed expectations).
+        #[arg(long, value_enum, default_value_t = Tier::Full)]
+        tier: Tier,
         /// Where the kernel comes from.
         #[command(flatten)]
         k: KernelArgs,

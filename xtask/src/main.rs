@@ -177,8 +177,13 @@ fn cmd_lab(
     Ok(out.iter().all(Results::pass))
 }
 
-fn cmd_pbv(bless: bool, k: &KernelArgs, r: &RunArgs) -> Result<bool, XtaskError> {
-    let all = pbv::jobs();
+fn cmd_pbv(bless: bool, tier: pbv::Tier, k: &KernelArgs, r: &RunArgs) -> Result<bool, XtaskError> {
+    if bless && tier != pbv::Tier::Full {
+        return Err(usage(
+            "--bless writes the user model's views: it needs --tier full",
+        ));
+    }
+    let all = tier.jobs();
     check_jobs(&all)?;
     let share = Share::of(all, r.shard);
     let ran = share.jobs();
@@ -196,8 +201,8 @@ fn cmd_pbv(bless: bool, k: &KernelArgs, r: &RunArgs) -> Result<bool, XtaskError>
         }
         eprintln!("{}", pipeline::time_line(&art, &run));
         let checks = pbv::check(&run, &ran, bless)?;
-        // What the export's cover letter says was tested (an unsharded run's).
-        if r.shard.is_none() {
+        // What the export's cover letter says was tested (an unsharded full run's).
+        if r.shard.is_none() && tier == pbv::Tier::Full {
             let totals = run
                 .jobs
                 .iter()
@@ -334,7 +339,12 @@ fn run(cli: Cli) -> Result<bool, XtaskError> {
             k,
             run,
         } => cmd_lab(&scenario, &job, fixtures.as_deref(), &k, &run),
-        Command::PatchBootVerify { bless, k, run } => cmd_pbv(bless, &k, &run),
+        Command::PatchBootVerify {
+            bless,
+            tier,
+            k,
+            run,
+        } => cmd_pbv(bless, tier, &k, &run),
         Command::MergeResults {
             files,
             junit,
