@@ -154,6 +154,7 @@ mod tests {
             suite: None,
             stats: Value::Null,
             first_attempt: None,
+            cached: false,
         }
     }
 

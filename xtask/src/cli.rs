@@ -150,6 +150,10 @@ pub struct RunArgs {
     /// target/kvmcap/); merge-results reads these.
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
+    /// Run every job, even one that passed in a lab booted from the same kernel, initramfs
+    /// and QEMU (kept under target/kvmcap/lab-cache/ and shown as `cached`).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// Standard output's format.

@@ -65,6 +65,9 @@ pub struct LabOptions {
     pub stall: Duration,
     /// The QEMU to run (`None`: `qemu-system-x86_64` on `PATH`).
     pub qemu: Option<PathBuf>,
+    /// Where passes are kept by the lab's inputs and reused ([`crate::lab_cache`]; `None`:
+    /// every job runs).
+    pub cache: Option<PathBuf>,
 }
 
 /// [`run`] printing each job as it reports (lab boots and jobs take seconds each).
@@ -146,6 +149,60 @@ pub fn shard(jobs: &[String], shards: usize) -> Vec<Vec<usize>> {
 /// Boots the lab (in `o.shards` QEMUs at once, each with its share of the jobs) and collects
 /// every job's report, in the jobs' order.
 pub fn run(o: &LabOptions) -> Result<LabRun, XtaskError> {
+    let Some(dir) = &o.cache else {
+        return run_uncached(o);
+    };
+    let qemu = match &o.qemu {
+        Some(q) => q.clone(),
+        None => qemu()?,
+    };
+    let cache = crate::lab_cache::Cache::of(o, dir.clone(), &qemu)?;
+    let kept: Vec<Option<JobOutcome>> = o.jobs.iter().map(|j| cache.get(j)).collect();
+    let to_run: Vec<String> = o
+        .jobs
+        .iter()
+        .zip(&kept)
+        .filter(|(_, k)| k.is_none())
+        .map(|(j, _)| j.clone())
+        .collect();
+    let ran = if to_run.is_empty() {
+        LabRun {
+            jobs: Vec::new(),
+            elapsed: Duration::ZERO,
+            console_log: o.console_log.clone(),
+            shards: 0,
+        }
+    } else {
+        let progress = o
+            .progress
+            .as_ref()
+            .map(|_| (Arc::new(AtomicUsize::new(0)), to_run.len()));
+        run_uncached(&LabOptions {
+            jobs: to_run,
+            progress,
+            cache: None,
+            ..o.clone()
+        })?
+    };
+    for j in ran.jobs.iter().flatten() {
+        cache.put(j);
+    }
+    let mut fresh = ran.jobs.into_iter();
+    let jobs = kept
+        .into_iter()
+        .zip(&o.jobs)
+        .map(|(k, name)| match k {
+            Some(k) => Ok(k),
+            None => fresh
+                .next()
+                .unwrap_or_else(|| Err(format!("{name}: no report"))),
+        })
+        .collect();
+    Ok(LabRun { jobs, ..ran })
+}
+
+/// [`run`] without the cache.
+fn run_uncached(o: &LabOptions) -> Result<LabRun, XtaskError> {
     let shards = shard(&o.jobs, o.shards.min(o.jobs.len()));
     if shards.len() <= 1 {
         return run_lab(o);

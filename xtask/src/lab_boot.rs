@@ -227,16 +227,7 @@ fn run_one(o: &LabOptions) -> Result<(LabRun, Option<usize>), XtaskError> {
             Some(Ok(f)) if &f.stream == job => {
                 serde_json::from_str::<serde_json::Value>(&f.document())
                     .map_err(|e| format!("{job}: report is not JSON: {e}"))
-                    .map(|v| JobOutcome {
-                        job: job.clone(),
-                        pass: v["pass"].as_bool().unwrap_or(false),
-                        snapshot: v["snapshot"].clone(),
-                        report: v["report"].clone(),
-                        job_ms: v["job_ms"].as_f64(),
-                        suite: serde_json::from_value(v["suite"].clone()).ok(),
-                        stats: v["stats"].clone(),
-                        first_attempt: v["first_attempt"].as_str().map(str::to_owned),
-                    })
+                    .and_then(|v| JobOutcome::from_report(job, &v))
             }
             Some(Ok(f)) => Err(format!("{job}: the lab reported `{}` instead", f.stream)),
             Some(Err(e)) => Err(format!("{job}: {e}")),
@@ -342,6 +333,7 @@ mod tests {
             progress: None,
             stall: Duration::from_secs(1),
             qemu: Some(fake_qemu(dir.path(), &jobs)),
+            cache: None,
         };
         let run = crate::lab::run(&o).unwrap();
         assert!(run.pass(), "{}", run.table());

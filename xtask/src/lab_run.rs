@@ -27,9 +27,43 @@ pub struct JobOutcome {
     /// How the job's first attempt ended when the lab ran it twice (it hung: the lab's /init
     /// killed it at its budget and ran it again; `kvmcap::lab::isolate`).
     pub first_attempt: Option<String>,
+    /// Reused from an earlier lab with the same inputs ([`crate::lab_cache`]), not run.
+    pub cached: bool,
 }
 
 impl JobOutcome {
+    /// The outcome of `job` from the report the lab printed for it (a `kvmcap.lab-job/1`
+    /// document).
+    pub fn from_report(job: &str, v: &serde_json::Value) -> Result<Self, String> {
+        if !v.is_object() {
+            return Err(format!("{job}: the report is not a JSON object"));
+        }
+        Ok(JobOutcome {
+            job: job.to_owned(),
+            pass: v["pass"].as_bool().unwrap_or(false),
+            snapshot: v["snapshot"].clone(),
+            report: v["report"].clone(),
+            job_ms: v["job_ms"].as_f64(),
+            suite: serde_json::from_value(v["suite"].clone()).ok(),
+            stats: v["stats"].clone(),
+            first_attempt: v["first_attempt"].as_str().map(str::to_owned),
+            cached: false,
+        })
+    }
+
+    /// The outcome as a lab report again (what [`JobOutcome::from_report`] reads).
+    pub fn to_report(&self) -> serde_json::Value {
+        serde_json::json!({
+            "job": self.job,
+            "pass": self.pass,
+            "snapshot": self.snapshot,
+            "report": self.report,
+            "job_ms": self.job_ms,
+            "suite": self.suite,
+            "stats": self.stats,
+        })
+    }
+
     /// Exits, MSR exits, I/O exits, ms in KVM_RUN and ms in the VMM, summed over vCPUs.
     pub fn exit_totals(&self) -> (u64, u64, u64, f64, f64) {
         let cpus = self.stats.as_array().map(Vec::as_slice).unwrap_or(&[]);
@@ -60,6 +94,14 @@ pub struct LabRun {
 }
 
 impl LabRun {
+    /// How many jobs were reused from the cache, not run.
+    pub fn cached(&self) -> usize {
+        self.jobs
+            .iter()
+            .filter(|j| j.as_ref().is_ok_and(|o| o.cached))
+            .count()
+    }
+
     /// Whether every job reported and passed.
     pub fn pass(&self) -> bool {
         self.jobs.iter().all(|j| j.as_ref().is_ok_and(|j| j.pass))
@@ -103,7 +145,11 @@ impl LabRun {
                         "{:<38} {:<7} {:>9} {:>8} {:>6} {:>6} {:>10.1} {:>8.1}\n",
                         o.job,
                         if o.pass { "PASS" } else { "FAIL" },
-                        o.job_ms.map_or("-".into(), |t| format!("{t:.0}")),
+                        if o.cached {
+                            "cached".into()
+                        } else {
+                            o.job_ms.map_or("-".into(), |t| format!("{t:.0}"))
+                        },
                         exits,
                         msr,
                         io,
@@ -119,12 +165,21 @@ impl LabRun {
                 Err(e) => out.push_str(&format!("{:<38} ERROR {e}\n", "?")),
             }
         }
+        let cached = self.cached();
         out.push_str(&format!(
-            "{} in {:.1} s{} (console: {})\n",
+            "{} in {:.1} s{}{} (console: {})\n",
             if self.pass() { "PASS" } else { "FAIL" },
             self.elapsed.as_secs_f64(),
             if self.shards > 1 {
                 format!(", {} labs in parallel", self.shards)
+            } else {
+                String::new()
+            },
+            if cached > 0 {
+                format!(
+                    ", {cached} of {} jobs cached (passed with this kernel, initramfs and QEMU; --no-cache runs them)",
+                    self.jobs.len()
+                )
             } else {
                 String::new()
             },

@@ -22,6 +22,7 @@ pub mod kbuild;
 pub mod kernel;
 pub mod lab;
 pub mod lab_boot;
+pub mod lab_cache;
 pub mod lab_run;
 pub mod measure;
 pub mod mutants;

@@ -160,6 +160,7 @@ fn cmd_lab(
         let dir = initramfs::out_dir().join("lab").join(kernel.id());
         let mut opts = art.lab_options(ran.clone(), dir.join("console.log"));
         opts.shards = r.labs.map_or(opts.shards, usize::from);
+        opts.cache = (!r.no_cache).then(xtask::lab_cache::default_dir);
         let run = lab::run_with_progress(&opts)?;
         lab::save_reports(&run, &dir)?;
         eprintln!("{}", pipeline::time_line(&art, &run));
@@ -194,6 +195,7 @@ fn cmd_pbv(bless: bool, tier: pbv::Tier, k: &KernelArgs, r: &RunArgs) -> Result<
         let dir = initramfs::out_dir().join("pbv").join(kernel.id());
         let mut opts = art.lab_options(ran.clone(), dir.join("console.log"));
         opts.shards = r.labs.map_or(opts.shards, usize::from);
+        opts.cache = (!r.no_cache).then(xtask::lab_cache::default_dir);
         let run = lab::run_with_progress(&opts)?;
         lab::save_reports(&run, &dir)?;
         if r.format == OutFormat::Text {

@@ -40,6 +40,7 @@ impl Artifacts {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             stall: lab::STALL,
             qemu: None,
+            cache: None,
         }
     }
 }
@@ -51,13 +52,23 @@ pub fn time_line(art: &Artifacts, lab: &lab::LabRun) -> String {
         .iter()
         .map(|(what, s)| format!("{what} {s:.1} s"))
         .collect();
-    parts.push(format!(
-        "lab {:.1} s ({} jobs in {} lab{})",
-        lab.elapsed.as_secs_f64(),
-        lab.jobs.len(),
-        lab.shards,
-        if lab.shards == 1 { "" } else { "s in parallel" }
-    ));
+    let cached = lab.cached();
+    let ran = lab.jobs.len() - cached;
+    let kept = if cached > 0 {
+        format!(", {cached} cached")
+    } else {
+        String::new()
+    };
+    parts.push(if ran == 0 {
+        format!("lab not booted ({cached} jobs cached)")
+    } else {
+        format!(
+            "lab {:.1} s ({ran} jobs in {} lab{}{kept})",
+            lab.elapsed.as_secs_f64(),
+            lab.shards,
+            if lab.shards == 1 { "" } else { "s in parallel" }
+        )
+    });
     format!(
         "xtask: {} {}: {}",
         art.kernel.label(),

@@ -28,6 +28,7 @@ fn edit_run(wrong: Option<&str>) -> LabRun {
                 suite: None,
                 stats: Value::Null,
                 first_attempt: None,
+                cached: false,
             })
         })
         .collect();
