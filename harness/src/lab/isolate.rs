@@ -3,7 +3,9 @@
 //! its budget, not the whole lab. Over budget, the job's threads are described (name, state,
 //! kernel wait channel, kernel stack where the kernel keeps one) and the process is killed.
 //!
-//! A job that hung is run once more, in a new process: the lab is emulated SVM under QEMU TCG
+//! A job that hung, or that failed without reaching a verdict (its report is the error: a
+//! Linux guest that crashed in the emulated lab before it reported, seen once in a full
+//! matrix run here), is run once more, in a new process: the lab is emulated SVM under QEMU TCG
 //! on a loaded machine, and a hang seen once in CI (`explore:ppin:user:2:intel`, 2 of 42 jobs
 //! on 2 labs sharing 2 CPUs) did not come back in any of 8 reruns here. Its second verdict
 //! stands, and the report keeps the first attempt's description in `first_attempt`, which
@@ -43,6 +45,13 @@ pub fn run_job_isolated(exe: &Path, job: &Job, budget: Duration) -> String {
     let first = attempt(exe, job, budget);
     let (outcome, first_hang) = match first {
         Attempt::Hung(why) => (attempt(exe, job, budget), Some(why)),
+        Attempt::Report(doc) => match no_verdict(&doc) {
+            Some(why) => (
+                attempt(exe, job, budget),
+                Some(format!("failed without a verdict: {why}")),
+            ),
+            None => (Attempt::Report(doc), None),
+        },
         other => (other, None),
     };
     let failed = |e: String| serde_json::to_string(&JobResult::failed(job, e)).unwrap_or_default();
@@ -54,6 +63,20 @@ pub fn run_job_isolated(exe: &Path, job: &Job, budget: Duration) -> String {
         (Attempt::Died(why), None) => failed(why),
         (Attempt::Died(why), Some(first)) => failed(format!("{why}; before that, {first}")),
     }
+}
+
+/// Why a failed report holds no verdict: the job could not run to one (its report is the
+/// error, e.g. a Linux guest that crashed before it reported), as opposed to a verdict that
+/// differs from the rules, which is never retried. `None` for a pass or a verdict.
+fn no_verdict(doc: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(doc).ok()?;
+    if v["pass"] == true {
+        return None;
+    }
+    let why = v["report"].as_str()?;
+    let mut line = why.lines().next().unwrap_or("").to_owned();
+    line.truncate(300);
+    Some(line)
 }
 
 /// The report `doc` with `first_attempt` set (how the job's first attempt ended).
@@ -255,6 +278,47 @@ mod tests {
         assert!(why.contains("sleep"), "{why}");
         let runs = std::fs::read_to_string(dir.path().join("hangs.runs")).unwrap();
         assert_eq!(runs.lines().count(), 2, "tried twice");
+    }
+
+    #[test]
+    fn a_failure_without_a_verdict_is_retried_and_a_verdict_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("flaky");
+        let job = "run:ppin-enable:user:1";
+        let no_verdict = format!(
+            r#"{{"job":"{job}","pass":false,"report":"the guest gave no report: triple fault\nmore"}}"#
+        );
+        let verdict = format!(r#"{{"job":"{job}","pass":false,"report":{{"cases":[]}}}}"#);
+        let pass = format!(r#"{{"job":"{job}","pass":true,"report":{{"cases":[]}}}}"#);
+        let script = |first: &str, then: &str| {
+            format!(
+                "#!/bin/sh\necho $$ >> \"$0.runs\"\nif [ -e \"$0.ran\" ]; then printf '%s\\n' '{then}'; else touch \"$0.ran\"; printf '%s\\n' '{first}'; fi\n"
+            )
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let parsed = &super::super::parse_jobs(job).unwrap()[0];
+        for (first, then, runs, pass_after, note) in [
+            (
+                &no_verdict,
+                &pass,
+                2,
+                true,
+                Some("failed without a verdict: the guest gave no report: triple fault"),
+            ),
+            (&verdict, &pass, 1, false, None),
+        ] {
+            let _ = std::fs::remove_file(dir.path().join("flaky.ran"));
+            let _ = std::fs::remove_file(dir.path().join("flaky.runs"));
+            std::fs::write(&exe, script(first, then)).unwrap();
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&run_job_isolated(&exe, parsed, Duration::from_secs(20)))
+                    .unwrap();
+            assert_eq!(v["pass"], pass_after, "{v}");
+            assert_eq!(v["first_attempt"].as_str(), note, "{v}");
+            let n = std::fs::read_to_string(dir.path().join("flaky.runs")).unwrap();
+            assert_eq!(n.lines().count(), runs);
+        }
     }
 
     #[test]
