@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use guest_tools::cpio::Builder;
 
-use crate::{lab, static_build, target_dir, workspace_root, write_atomic, XtaskError};
+use crate::lab_options as lab;
+use crate::{static_build, target_dir, workspace_root, write_atomic, XtaskError};
 
 fn read(path: &Path) -> Result<Vec<u8>, XtaskError> {
     std::fs::read(path).map_err(|e| XtaskError::Output {

@@ -2,7 +2,7 @@
 //! AMD SVM with nested paging) with kvmcap as `/init`, which runs the jobs against the lab's
 //! KVM and prints each result framed on the console; collects and checks them here.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::AtomicUsize;
@@ -10,20 +10,9 @@ use std::sync::Arc;
 
 pub use crate::lab_boot::framed_text;
 use crate::lab_boot::run_lab;
+pub use crate::lab_options::{host_tsc_khz, qemu, qemu_in, LabOptions, LAB_PPIN, LAB_QEMU, STALL};
 pub use crate::lab_run::{JobOutcome, LabRun};
 use crate::XtaskError;
-
-/// The PPIN every lab job's host source supplies (the `explicit` source).
-pub const LAB_PPIN: &str = "MSR_PPIN=0x1122334455667788";
-
-/// Where QEMU sits in the bench lab image (the path `kvmcap lab-init` runs).
-pub const LAB_QEMU: &str = "/usr/bin/qemu-system-x86_64";
-
-/// A lab in which no job reported for this long is stuck as a whole (its /init gives a job at
-/// most two attempts of [`kvmcap::lab::isolate::JOB_BUDGET`] each, then reports it): it is
-/// ended, and the jobs it did not report run once more in a new lab ([`run`]).
-pub const STALL: Duration =
-    Duration::from_secs(2 * kvmcap::lab::isolate::JOB_BUDGET.as_secs() + 60);
 
 /// The jobs `cargo xtask lab` runs by default (`kvmcap lab-init` grammar).
 pub const DEFAULT_JOBS: &[&str] = &[
@@ -38,75 +27,11 @@ pub const DEFAULT_JOBS: &[&str] = &[
     "run:guest-ends:user:2",
 ];
 
-/// How to run the lab.
-#[derive(Clone, Debug)]
-pub struct LabOptions {
-    /// The lab kernel (also the guest kernel).
-    pub kernel: PathBuf,
-    /// The lab initramfs.
-    pub initramfs: PathBuf,
-    /// The jobs.
-    pub jobs: Vec<String>,
-    /// Lab CPUs.
-    pub cpus: u8,
-    /// Lab memory in MiB.
-    pub mem_mib: u32,
-    /// When to give up on the lab.
-    pub deadline: Duration,
-    /// Where the lab's console goes (with shards, shard N's goes to `console.N.log` beside it).
-    pub console_log: PathBuf,
-    /// How many lab QEMUs run the jobs in parallel, each with its share (1: one lab, the jobs
-    /// in order, as the benchmarks that interleave their jobs need).
-    pub shards: usize,
-    /// Print a line on stderr as each job reports (`xtask: lab 3/12: run:ppin-enable:user:1`):
-    /// the count so far (shared by the parallel labs) and the total.
-    pub progress: Option<(Arc<AtomicUsize>, usize)>,
-    /// A lab in which no job reported for this long is ended as stuck ([`STALL`]).
-    pub stall: Duration,
-    /// The QEMU to run (`None`: `qemu-system-x86_64` on `PATH`).
-    pub qemu: Option<PathBuf>,
-    /// Where passes are kept by the lab's inputs and reused ([`crate::lab_cache`]; `None`:
-    /// every job runs).
-    pub cache: Option<PathBuf>,
-}
-
 /// [`run`] printing each job as it reports (lab boots and jobs take seconds each).
 pub fn run_with_progress(o: &LabOptions) -> Result<LabRun, XtaskError> {
     let mut o = o.clone();
     o.progress = Some((Arc::new(AtomicUsize::new(0)), o.jobs.len()));
     run(&o)
-}
-
-/// The host's TSC frequency in kHz (the lab kernel must not calibrate against the PIT under
-/// TCG: measured, it can then spin forever in KVM_RUN).
-pub fn host_tsc_khz() -> u64 {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
-}
-
-/// Finds QEMU on `PATH` or says how to install it.
-pub fn qemu() -> Result<PathBuf, XtaskError> {
-    qemu_in(std::env::var_os("PATH"))
-}
-
-/// Finds QEMU in a `PATH`-style list of directories.
-pub fn qemu_in(path: Option<std::ffi::OsString>) -> Result<PathBuf, XtaskError> {
-    let name = "qemu-system-x86_64";
-    path.into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .ok_or_else(|| XtaskError::Missing {
-            what: name.into(),
-            hint: "apt-get install qemu-system-x86".into(),
-        })
 }
 
 /// What a job costs in the lab relative to the others (measured in job_ms: a Linux guest boot
@@ -306,15 +231,5 @@ mod tests {
         assert!(s.iter().all(|l| l.windows(2).all(|w| w[0] < w[1])));
         assert_eq!(shard(&jobs, 1), vec![(0..jobs.len()).collect::<Vec<_>>()]);
         assert_eq!(shard(&jobs[..1], 3).len(), 1);
-    }
-
-    #[test]
-    fn missing_qemu_says_how_to_install_it() {
-        let e = qemu_in(Some("/nonexistent:/also/not".into())).unwrap_err();
-        assert_eq!(e.exit_code(), 5);
-        assert!(
-            e.to_string().contains("apt-get install qemu-system-x86"),
-            "{e}"
-        );
     }
 }

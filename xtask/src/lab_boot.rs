@@ -1,6 +1,7 @@
 //! Booting one lab: QEMU with the lab kernel and initramfs, its console read as it goes (each
-//! job announced as it reports), a lab that says it is done ended promptly, a stuck or overrun
-//! lab ended with the reports it printed kept and its unreported jobs run once more.
+//! job announced as it reports), a lab that says it is done ended promptly, a lab cut short
+//! (stuck, over its deadline, crashed) ended with the reports it printed kept and its
+//! unreported jobs run once more.
 
 use std::io::Read;
 
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use msr_probe::frame::decode_all;
 
-use crate::lab::{host_tsc_khz, qemu, JobOutcome, LabOptions, LabRun, LAB_PPIN};
+use crate::lab_options::{host_tsc_khz, qemu, LabOptions, LAB_PPIN};
+use crate::lab_run::{JobOutcome, LabRun};
 use crate::XtaskError;
 
 /// The job names whose frames begin in `line` (a frame's begin line carries its stream name).
@@ -20,8 +22,12 @@ fn begun(line: &str) -> Option<&str> {
     rest.split_once(':').map(|(_, name)| name.trim_end())
 }
 
-/// [`run_one`], then once more in a new lab for the jobs a stuck or overrun lab did not report
-/// (once: a second overrun stands); the job it was running gets `first_attempt` saying so.
+/// [`run_one`], then once more in a new lab for the jobs a lab cut short (stuck, over its
+/// deadline, or crashed) did not report (once: a second cut stands); the job it was running
+/// gets `first_attempt` saying so. The lab is emulated SVM under QEMU TCG: under load its
+/// kernel was seen taking a timer interrupt inside `__schedule` with the runqueue locked
+/// (interrupts on where they must be off) and overflowing its IRQ stack, with no KVM frame
+/// in the trace.
 pub(crate) fn run_lab(o: &LabOptions) -> Result<LabRun, XtaskError> {
     let (mut run, overrun) = run_one(o)?;
     let Some(from) = overrun else {
@@ -192,8 +198,23 @@ fn run_one(o: &LabOptions) -> Result<(LabRun, Option<usize>), XtaskError> {
             .collect::<Vec<_>>()
             .join("\n")
     };
+    // A lab that did not say it was done was cut short: past its deadline, stuck, or its
+    // kernel crashed (the lab reboots on a panic and -no-reboot then ends QEMU).
+    let cut_short = timed_out || !done_seen.load(Ordering::Acquire);
+    let crash: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("BUG:") || l.starts_with("Oops:") || l.starts_with("Kernel panic")
+        })
+        .take(2)
+        .collect();
     let ended = || {
-        if stalled {
+        if !timed_out && !crash.is_empty() {
+            format!("the lab's kernel crashed: {}", crash.join("; "))
+        } else if !timed_out {
+            "the lab ended before it said it was done".to_owned()
+        } else if stalled {
             format!(
                 "the lab stopped reporting (no job reported for {} s)",
                 o.stall.as_secs()
@@ -207,15 +228,15 @@ fn run_one(o: &LabOptions) -> Result<(LabRun, Option<usize>), XtaskError> {
     };
     let mut jobs = Vec::new();
     let mut frames = decode_all(&framed_text(&text)).into_iter();
-    // A lab ended at its deadline keeps the reports it printed: the job it was running is
-    // named, the jobs after it are not run.
+    // A lab cut short keeps the reports it printed: the job it was running is named, the
+    // jobs after it are not run.
     let mut overrun = None;
     for (i, job) in o.jobs.iter().enumerate() {
-        if timed_out && overrun.is_some() && frames.len() == 0 {
+        if cut_short && overrun.is_some() && frames.len() == 0 {
             jobs.push(Err(format!("{job}: not run ({})", ended())));
             continue;
         }
-        if timed_out && frames.len() == 0 {
+        if cut_short && frames.len() == 0 {
             overrun = Some(i);
             jobs.push(Err(format!(
                 "{job}: no report; it was running when {}",
@@ -272,6 +293,36 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     #[test]
+    fn a_crashed_lab_names_the_crash_and_its_unreported_jobs_run_once_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = ["run:a:user:1", "run:b:user:1"];
+        let crash = "echo 'BUG: IRQ stack guard page was hit'; \
+                     echo 'Kernel panic - not syncing: Fatal exception in interrupt'; exit 0";
+        let o = LabOptions {
+            kernel: "bzImage".into(),
+            initramfs: "lab.cpio".into(),
+            jobs: jobs.iter().map(|s| s.to_string()).collect(),
+            cpus: 2,
+            mem_mib: 64,
+            deadline: Duration::from_secs(60),
+            console_log: dir.path().join("console.log"),
+            shards: 1,
+            progress: None,
+            stall: Duration::from_secs(60),
+            qemu: Some(fake_qemu(dir.path(), &jobs, crash)),
+            cache: None,
+        };
+        let run = run_lab(&o).unwrap();
+        assert!(run.pass(), "{}", run.table());
+        let why = run.jobs[1].as_ref().unwrap().first_attempt.clone().unwrap();
+        assert_eq!(
+            why,
+            "run:b:user:1: no report; it was running when the lab's kernel crashed: \
+             BUG: IRQ stack guard page was hit; Kernel panic - not syncing: Fatal exception in interrupt"
+        );
+    }
+
+    #[test]
     fn a_frame_cut_by_the_reboot_message_still_decodes() {
         let lines = msr_probe::frame::encode_document("run:x:kernel:1", "{\"pass\":true}").unwrap();
         let mut text: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
@@ -285,7 +336,7 @@ mod tests {
 
     /// A stand-in QEMU: its first run prints the report of the first job and then hangs; its
     /// second prints the reports of the rest and ends.
-    fn fake_qemu(dir: &Path, jobs: &[&str]) -> PathBuf {
+    fn fake_qemu(dir: &Path, jobs: &[&str], then: &str) -> PathBuf {
         let frames = |names: &[&str]| -> String {
             names
                 .iter()
@@ -308,7 +359,7 @@ mod tests {
             &exe,
             format!(
                 "#!/bin/sh\nif [ -e {d}/ran ]; then cat {d}/second; exit 0; fi\n\
-                 touch {d}/ran; cat {d}/first; exec sleep 30\n"
+                 touch {d}/ran; cat {d}/first; {then}\n"
             ),
         )
         .unwrap();
@@ -332,10 +383,10 @@ mod tests {
             shards: 1,
             progress: None,
             stall: Duration::from_secs(1),
-            qemu: Some(fake_qemu(dir.path(), &jobs)),
+            qemu: Some(fake_qemu(dir.path(), &jobs, "exec sleep 30")),
             cache: None,
         };
-        let run = crate::lab::run(&o).unwrap();
+        let run = run_lab(&o).unwrap();
         assert!(run.pass(), "{}", run.table());
         let firsts: Vec<_> = run
             .jobs

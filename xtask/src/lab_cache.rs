@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::kernel::fnv64;
-use crate::lab::{host_tsc_khz, JobOutcome, LabOptions, LAB_PPIN};
+use crate::lab_options::{host_tsc_khz, LabOptions, LAB_PPIN};
+use crate::lab_run::JobOutcome;
 use crate::XtaskError;
 
 /// Where kept results live (under `target/kvmcap/`).

@@ -23,6 +23,7 @@ pub mod kernel;
 pub mod lab;
 pub mod lab_boot;
 pub mod lab_cache;
+pub mod lab_options;
 pub mod lab_run;
 pub mod measure;
 pub mod mutants;

@@ -92,7 +92,11 @@ fn with_first_attempt(doc: &str, why: &str) -> String {
 
 fn attempt(exe: &Path, job: &Job, budget: Duration) -> Attempt {
     let name = job.name();
+    use std::os::unix::process::CommandExt;
+    // Its own process group, so a kill also reaches what the job started (a selftest, QEMU)
+    // and no leftover holds the report pipe open.
     let child = Command::new(exe)
+        .process_group(0)
         .args(["--fixtures", "/", "lab-job", &name])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -141,7 +145,14 @@ fn attempt(exe: &Path, job: &Job, budget: Duration) -> Attempt {
     }
 }
 
+/// Kills the job's whole process group, then reaps the job.
 fn kill(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -319,6 +330,26 @@ mod tests {
             let n = std::fs::read_to_string(dir.path().join("flaky.runs")).unwrap();
             assert_eq!(n.lines().count(), runs);
         }
+    }
+
+    #[test]
+    fn a_hung_job_is_killed_with_what_it_started() {
+        // The job starts a child that keeps the report pipe open; killing the job alone
+        // would leave the reader waiting for that child.
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("forks");
+        std::fs::write(&exe, "#!/bin/sh\nsleep 60 &\nexec sleep 60\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let job = &super::super::parse_jobs("run:ppin-enable:user:1").unwrap()[0];
+        let start = Instant::now();
+        let doc = run_job_isolated(&exe, job, Duration::from_secs(1));
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(doc.contains("hung"), "{doc}");
     }
 
     #[test]
