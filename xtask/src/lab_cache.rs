@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::kernel::fnv64;
-use crate::lab_options::{host_tsc_khz, LabOptions, LAB_PPIN};
+use crate::lab_options::{LabOptions, LAB_PPIN};
 use crate::lab_run::JobOutcome;
 use crate::XtaskError;
 
@@ -34,7 +34,7 @@ fn read(path: &Path) -> Result<Vec<u8>, XtaskError> {
 
 impl Cache {
     /// The cache in `dir` of labs booted as `o` says (its kernel, initramfs, QEMU, CPUs and
-    /// memory, and the host values and TSC frequency on its command line).
+    /// memory, and the host values on its command line).
     pub fn of(o: &LabOptions, dir: PathBuf, qemu: &Path) -> Result<Self, XtaskError> {
         let kernel = read(&o.kernel)?;
         let initramfs = read(&o.initramfs)?;
@@ -43,7 +43,10 @@ impl Cache {
             problem: e.to_string(),
         })?;
         let qemu_id = format!("{} {} {:?}", qemu.display(), q.len(), q.modified().ok());
-        let shape = format!("{} {} {} {}", o.cpus, o.mem_mib, LAB_PPIN, host_tsc_khz());
+        // Not the TSC frequency on the lab's command line: it is read from the host's
+        // `cpu MHz`, which moves with frequency scaling on real hardware, and only spares
+        // the lab kernel a calibration.
+        let shape = format!("{} {} {}", o.cpus, o.mem_mib, LAB_PPIN);
         let key = format!(
             "{:016x}",
             fnv64(&[&kernel, &initramfs, qemu_id.as_bytes(), shape.as_bytes()])
