@@ -23,8 +23,9 @@ use super::{Job, JobResult};
 /// How long one job may run in the lab before it is called hung. The slowest job measured,
 /// the generated cases of PPIN on 2 vCPUs, takes about 8 s with two labs sharing two CPUs and
 /// about 11 s with two busy loops beside them: the budget leaves a loaded CI runner more than
-/// ten times that.
-pub const JOB_BUDGET: Duration = Duration::from_secs(150);
+/// five times that, and keeps what a lab whose kernel locked up costs (two budgets and a
+/// minute without a report, `cargo xtask lab`'s stall) to 3 minutes.
+pub const JOB_BUDGET: Duration = Duration::from_secs(60);
 
 /// The most of a job's report kept (an explore report of PPIN is ~0.3 MiB).
 const REPORT_LIMIT: usize = 16 << 20;
