@@ -45,7 +45,7 @@ enum Attempt {
 /// a hang; returns the job's report as JSON text.
 pub fn run_job_isolated(exe: &Path, job: &Job, budget: Duration) -> String {
     let first = attempt(exe, job, budget);
-    let (outcome, first_hang) = match first {
+    let (outcome, first_note) = match first {
         Attempt::Hung(why) => (attempt(exe, job, budget), Some(why)),
         Attempt::Report(doc) => match no_verdict(&doc) {
             Some(why) => (
@@ -54,17 +54,22 @@ pub fn run_job_isolated(exe: &Path, job: &Job, budget: Duration) -> String {
             ),
             None => (Attempt::Report(doc), None),
         },
-        other => (other, None),
+        died => (died, None),
     };
-    let failed = |e: String| serde_json::to_string(&JobResult::failed(job, e)).unwrap_or_default();
-    match (outcome, first_hang) {
-        (Attempt::Report(doc), None) => doc,
-        (Attempt::Report(doc), Some(why)) => with_first_attempt(&doc, &why),
-        (Attempt::Hung(why), None) => failed(why),
-        (Attempt::Hung(why), Some(first)) => failed(format!("{why}; before that, {first}")),
-        (Attempt::Died(why), None) => failed(why),
-        (Attempt::Died(why), Some(first)) => failed(format!("{why}; before that, {first}")),
-    }
+    let why = match outcome {
+        Attempt::Report(doc) => {
+            return match first_note {
+                Some(first) => with_first_attempt(&doc, &first),
+                None => doc,
+            }
+        }
+        Attempt::Hung(why) | Attempt::Died(why) => why,
+    };
+    let why = match first_note {
+        Some(first) => format!("{why}; before that, {first}"),
+        None => why,
+    };
+    serde_json::to_string(&JobResult::failed(job, why)).unwrap_or_default()
 }
 
 /// Why a failed report holds no verdict: the job could not run to one (its report is the
@@ -123,11 +128,12 @@ fn attempt(exe: &Path, job: &Job, budget: Duration) -> Attempt {
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
+            Ok(Some(status)) => break status,
             Ok(None) if start.elapsed() >= budget => {
                 let threads = describe_threads(child.id());
+                // The reader ends when the pipe closes; it is not waited for.
                 kill(&mut child);
-                break Err(format!(
+                return Attempt::Hung(format!(
                     "hung: no report within {} s; its threads then: {threads}",
                     budget.as_secs()
                 ));
@@ -135,16 +141,12 @@ fn attempt(exe: &Path, job: &Job, budget: Duration) -> Attempt {
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Err(e) => {
                 kill(&mut child);
-                break Err(format!("cannot wait for the job's process: {e}"));
+                return Attempt::Died(format!("cannot wait for the job's process: {e}"));
             }
         }
     };
     let out = reader.join().unwrap_or_default();
-    match status {
-        Err(why) if why.starts_with("hung") => Attempt::Hung(why),
-        Err(why) => Attempt::Died(why),
-        Ok(status) => judge_output(&name, &out, status),
-    }
+    judge_output(&name, &out, status)
 }
 
 /// Kills the job's whole process group, then reaps the job.
@@ -232,6 +234,27 @@ fn describe_task(task: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// Writes an executable shell script at `path`, standing in for kvmcap.
+    fn stand_in(path: &Path, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, format!("#!/bin/sh\n{script}")).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// How many times a stand-in that appends to `$0.runs` ran.
+    fn runs(path: &Path) -> usize {
+        std::fs::read_to_string(path.with_extension("runs"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    fn a_job() -> Job {
+        super::super::parse_jobs("run:ppin-enable:user:1")
+            .unwrap()
+            .remove(0)
+    }
+
     #[test]
     fn this_process_threads_are_described() {
         let text = describe_threads(std::process::id());
@@ -273,24 +296,19 @@ mod tests {
 
     #[test]
     fn a_job_that_hangs_is_killed_at_its_budget_and_retried_once() {
-        // A script stands in for kvmcap: it counts its runs and sleeps past the budget.
+        // A script stands in for kvmcap: it counts its runs and sleeps past the budget (had
+        // it not been killed, it would end without a report, not hung).
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("hangs");
-        std::fs::write(&exe, "#!/bin/sh\necho $$ >> \"$0.runs\"\nexec sleep 30\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let job = &super::super::parse_jobs("run:ppin-enable:user:1").unwrap()[0];
-        let start = Instant::now();
-        let doc = run_job_isolated(&exe, job, Duration::from_secs(1));
-        assert!(start.elapsed() < Duration::from_secs(10));
+        stand_in(&exe, "echo $$ >> \"$0.runs\"\nexec sleep 30\n");
+        let doc = run_job_isolated(&exe, &a_job(), Duration::from_secs(1));
         let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
         assert_eq!(v["pass"], false);
         let why = v["report"].as_str().unwrap();
         assert!(why.starts_with("hung: no report within 1 s"), "{why}");
         assert!(why.contains("before that, hung"), "{why}");
         assert!(why.contains("sleep"), "{why}");
-        let runs = std::fs::read_to_string(dir.path().join("hangs.runs")).unwrap();
-        assert_eq!(runs.lines().count(), 2, "tried twice");
+        assert_eq!(runs(&exe), 2, "tried twice");
     }
 
     #[test]
@@ -305,12 +323,10 @@ mod tests {
         let pass = format!(r#"{{"job":"{job}","pass":true,"report":{{"cases":[]}}}}"#);
         let script = |first: &str, then: &str| {
             format!(
-                "#!/bin/sh\necho $$ >> \"$0.runs\"\nif [ -e \"$0.ran\" ]; then printf '%s\\n' '{then}'; else touch \"$0.ran\"; printf '%s\\n' '{first}'; fi\n"
+                "echo $$ >> \"$0.runs\"\nif [ -e \"$0.ran\" ]; then printf '%s\\n' '{then}'; else touch \"$0.ran\"; printf '%s\\n' '{first}'; fi\n"
             )
         };
-        use std::os::unix::fs::PermissionsExt;
-        let parsed = &super::super::parse_jobs(job).unwrap()[0];
-        for (first, then, runs, pass_after, note) in [
+        for (first, then, n_runs, pass_after, note) in [
             (
                 &no_verdict,
                 &pass,
@@ -322,51 +338,54 @@ mod tests {
         ] {
             let _ = std::fs::remove_file(dir.path().join("flaky.ran"));
             let _ = std::fs::remove_file(dir.path().join("flaky.runs"));
-            std::fs::write(&exe, script(first, then)).unwrap();
-            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+            stand_in(&exe, &script(first, then));
             let v: serde_json::Value =
-                serde_json::from_str(&run_job_isolated(&exe, parsed, Duration::from_secs(20)))
+                serde_json::from_str(&run_job_isolated(&exe, &a_job(), Duration::from_secs(20)))
                     .unwrap();
             assert_eq!(v["pass"], pass_after, "{v}");
             assert_eq!(v["first_attempt"].as_str(), note, "{v}");
-            let n = std::fs::read_to_string(dir.path().join("flaky.runs")).unwrap();
-            assert_eq!(n.lines().count(), runs);
+            assert_eq!(runs(&exe), n_runs);
         }
     }
 
     #[test]
     fn a_hung_job_is_killed_with_what_it_started() {
-        // The job starts a child that keeps the report pipe open; killing the job alone
-        // would leave the reader waiting for that child.
+        // The job starts a child that would keep the report pipe open for 10 minutes; the
+        // job's whole process group is killed, that child too.
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("forks");
-        std::fs::write(&exe, "#!/bin/sh\nsleep 60 &\nexec sleep 60\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let job = &super::super::parse_jobs("run:ppin-enable:user:1").unwrap()[0];
-        let start = Instant::now();
-        let doc = run_job_isolated(&exe, job, Duration::from_secs(1));
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{:?}",
-            start.elapsed()
+        stand_in(
+            &exe,
+            "sleep 600 &\necho $! > \"$0.child\"\nexec sleep 600\n",
         );
+        let doc = run_job_isolated(&exe, &a_job(), Duration::from_secs(1));
         assert!(doc.contains("hung"), "{doc}");
+        for pid in std::fs::read_to_string(exe.with_extension("child"))
+            .unwrap()
+            .lines()
+        {
+            // Gone, or a zombie waiting for its new parent: never still sleeping.
+            let stat = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat"));
+            let dead = (0..250).any(|_| {
+                let gone = stat(pid).map_or(true, |s| s.contains(") Z "));
+                if !gone {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                gone
+            });
+            assert!(dead, "the job's child {pid} survived: {:?}", stat(pid));
+        }
     }
 
     #[test]
     fn a_job_that_dies_is_not_retried() {
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("dies");
-        std::fs::write(&exe, "#!/bin/sh\necho $$ >> \"$0.runs\"\nexit 101\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let job = &super::super::parse_jobs("run:ppin-enable:user:1").unwrap()[0];
-        let doc = run_job_isolated(&exe, job, Duration::from_secs(20));
+        stand_in(&exe, "echo $$ >> \"$0.runs\"\nexit 101\n");
+        let doc = run_job_isolated(&exe, &a_job(), Duration::from_secs(20));
         let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
         assert_eq!(v["pass"], false);
         assert!(v["report"].as_str().unwrap().contains("without a report"));
-        let runs = std::fs::read_to_string(dir.path().join("dies.runs")).unwrap();
-        assert_eq!(runs.lines().count(), 1);
+        assert_eq!(runs(&exe), 1);
     }
 }
