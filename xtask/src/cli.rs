@@ -37,15 +37,7 @@ pub const EXIT_TABLE: &[(u8, &str)] = &[
 
 /// The exit code of an error.
 pub fn exit_code(e: &XtaskError) -> u8 {
-    match e {
-        XtaskError::Usage(_) => 2,
-        XtaskError::Build { .. } => 3,
-        XtaskError::Output { .. } => 4,
-        XtaskError::Missing { .. } => 5,
-        XtaskError::Lab { .. } => 6,
-        XtaskError::Patch { .. } => 7,
-        XtaskError::Spawn { .. } => 8,
-    }
+    e.exit_code()
 }
 
 /// The table as help and README show it.
@@ -326,13 +318,6 @@ pub fn parse(args: &[String]) -> Result<Cli, clap::Error> {
         .after_help(help_table())
         .try_get_matches_from(args)?;
     Cli::from_arg_matches(&m)
-}
-
-impl std::str::FromStr for OutFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        <Self as ValueEnum>::from_str(s, false)
-    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,8 @@ pub fn run(o: &LabOptions) -> Result<LabRun, XtaskError> {
             jobs: to_run,
             progress,
             cache: None,
+            // The QEMU whose binary keyed the cache is the one that runs.
+            qemu: Some(qemu),
             ..o.clone()
         })?
     };

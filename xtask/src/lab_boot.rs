@@ -299,18 +299,8 @@ mod tests {
         let crash = "echo 'BUG: IRQ stack guard page was hit'; \
                      echo 'Kernel panic - not syncing: Fatal exception in interrupt'; exit 0";
         let o = LabOptions {
-            kernel: "bzImage".into(),
-            initramfs: "lab.cpio".into(),
-            jobs: jobs.iter().map(|s| s.to_string()).collect(),
-            cpus: 2,
-            mem_mib: 64,
-            deadline: Duration::from_secs(60),
-            console_log: dir.path().join("console.log"),
-            shards: 1,
-            progress: None,
-            stall: Duration::from_secs(60),
             qemu: Some(fake_qemu(dir.path(), &jobs, crash)),
-            cache: None,
+            ..crate::lab_options::test_options(dir.path(), &jobs)
         };
         let run = run_lab(&o).unwrap();
         assert!(run.pass(), "{}", run.table());
@@ -373,18 +363,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let jobs = ["run:a:user:1", "run:b:user:1", "run:c:user:1"];
         let o = LabOptions {
-            kernel: "bzImage".into(),
-            initramfs: "lab.cpio".into(),
-            jobs: jobs.iter().map(|s| s.to_string()).collect(),
-            cpus: 2,
-            mem_mib: 64,
-            deadline: Duration::from_secs(60),
-            console_log: dir.path().join("console.log"),
-            shards: 1,
-            progress: None,
-            stall: Duration::from_secs(1),
             qemu: Some(fake_qemu(dir.path(), &jobs, "exec sleep 30")),
-            cache: None,
+            stall: Duration::from_secs(1),
+            ..crate::lab_options::test_options(dir.path(), &jobs)
         };
         let run = run_lab(&o).unwrap();
         assert!(run.pass(), "{}", run.table());

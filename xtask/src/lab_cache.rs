@@ -89,26 +89,6 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    fn options(dir: &Path) -> LabOptions {
-        std::fs::write(dir.join("bzImage"), b"kernel 1").unwrap();
-        std::fs::write(dir.join("lab.cpio"), b"initramfs 1").unwrap();
-        LabOptions {
-            kernel: dir.join("bzImage"),
-            initramfs: dir.join("lab.cpio"),
-            jobs: Vec::new(),
-            cpus: 2,
-            mem_mib: 1024,
-            deadline: Duration::from_secs(60),
-            console_log: dir.join("console.log"),
-            shards: 1,
-            progress: None,
-            stall: Duration::from_secs(60),
-            qemu: None,
-            cache: None,
-        }
-    }
 
     fn outcome(job: &str, pass: bool) -> JobOutcome {
         JobOutcome::from_report(
@@ -122,7 +102,7 @@ mod tests {
     #[test]
     fn a_pass_is_kept_for_the_same_inputs_only() {
         let dir = tempfile::tempdir().unwrap();
-        let o = options(dir.path());
+        let o = crate::lab_options::test_options(dir.path(), &[]);
         let qemu = dir.path().join("qemu");
         std::fs::write(&qemu, b"qemu").unwrap();
         let store = dir.path().join("cache");

@@ -83,6 +83,28 @@ pub fn qemu_in(path: Option<std::ffi::OsString>) -> Result<PathBuf, XtaskError> 
         })
 }
 
+/// Options for tests of the lab's machinery: one lab, 2 CPUs, files under `dir` (the kernel
+/// and initramfs hold placeholder bytes), no cache, a stand-in QEMU to be set by the test.
+#[cfg(test)]
+pub(crate) fn test_options(dir: &std::path::Path, jobs: &[&str]) -> LabOptions {
+    std::fs::write(dir.join("bzImage"), b"kernel 1").unwrap();
+    std::fs::write(dir.join("lab.cpio"), b"initramfs 1").unwrap();
+    LabOptions {
+        kernel: dir.join("bzImage"),
+        initramfs: dir.join("lab.cpio"),
+        jobs: jobs.iter().map(|s| s.to_string()).collect(),
+        cpus: 2,
+        mem_mib: 1024,
+        deadline: Duration::from_secs(60),
+        console_log: dir.join("console.log"),
+        shards: 1,
+        progress: None,
+        stall: Duration::from_secs(60),
+        qemu: None,
+        cache: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

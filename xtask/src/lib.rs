@@ -96,16 +96,16 @@ pub enum XtaskError {
 }
 
 impl XtaskError {
-    /// The process exit code for this error.
+    /// The process exit code for this error (the table `cargo xtask --help` prints).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage(_) => 1,
-            Self::Spawn { .. } => 2,
+            Self::Usage(_) => 2,
             Self::Build { .. } => 3,
             Self::Output { .. } => 4,
             Self::Missing { .. } => 5,
             Self::Lab { .. } => 6,
             Self::Patch { .. } => 7,
+            Self::Spawn { .. } => 8,
         }
     }
 }

@@ -119,19 +119,18 @@ fn check_jobs(jobs: &[String]) -> Result<(), XtaskError> {
     kvmcap::lab::check_jobs(&parsed, &catalog).map_err(usage)
 }
 
-/// Saves and prints a run's results as `run` asks (table or KTAP, JUnit).
-fn report(all: &[Results], out_dir: &Path, r: &RunArgs) -> Result<(), XtaskError> {
-    for res in all {
-        let dir = r.results.clone().unwrap_or_else(|| out_dir.to_owned());
-        let name = match res.shard {
-            Some(s) => format!("results-{}-of-{}.json", s.k, s.n),
-            None => "results.json".into(),
-        };
-        let kernel_dir = dir.join(res.kernel.split_whitespace().next().unwrap_or("kernel"));
-        res.save(&kernel_dir.join(&name))?;
-        eprintln!("xtask: results in {}", kernel_dir.join(name).display());
-    }
-    emit(all, r.format, r.junit.as_deref())
+/// Saves one kernel's results file where `run` asks (merge-results reads it). KTAP and JUnit
+/// come once, for every kernel, from [`emit`].
+fn save_results(res: &Results, out_dir: &Path, r: &RunArgs) -> Result<(), XtaskError> {
+    let dir = r.results.clone().unwrap_or_else(|| out_dir.to_owned());
+    let name = match res.shard {
+        Some(s) => format!("results-{}-of-{}.json", s.k, s.n),
+        None => "results.json".into(),
+    };
+    let kernel_dir = dir.join(res.kernel.split_whitespace().next().unwrap_or("kernel"));
+    res.save(&kernel_dir.join(&name))?;
+    eprintln!("xtask: results in {}", kernel_dir.join(name).display());
+    Ok(())
 }
 
 fn emit(all: &[Results], format: OutFormat, junit: Option<&Path>) -> Result<(), XtaskError> {
@@ -172,9 +171,10 @@ fn cmd_lab(
         }
         let label = format!("{} ({})", kernel.label(), art.tree.version);
         let res = Results::of_run("lab", &label, &share, &run, &[]);
-        report(std::slice::from_ref(&res), &dir, r)?;
+        save_results(&res, &dir, r)?;
         out.push(res);
     }
+    emit(&out, r.format, r.junit.as_deref())?;
     Ok(out.iter().all(Results::pass))
 }
 
@@ -226,7 +226,7 @@ fn cmd_pbv(bless: bool, tier: pbv::Tier, k: &KernelArgs, r: &RunArgs) -> Result<
         }
         let label = format!("{} ({})", kernel.label(), art.tree.version);
         let res = Results::of_run("patch-boot-verify", &label, &share, &run, &checks);
-        report(std::slice::from_ref(&res), &dir, r)?;
+        save_results(&res, &dir, r)?;
         out.push(res);
         rows.push((kernel.label().to_owned(), checks));
         eprintln!("xtask: reports and logs in {}", dir.display());
@@ -234,6 +234,7 @@ fn cmd_pbv(bless: bool, tier: pbv::Tier, k: &KernelArgs, r: &RunArgs) -> Result<
     if r.format == OutFormat::Text {
         print!("{}", pbv::kernel_table(&rows));
     }
+    emit(&out, r.format, r.junit.as_deref())?;
     Ok(out.iter().all(Results::pass))
 }
 
